@@ -1,0 +1,103 @@
+"""The boundary score: do the policy's own answers beat the static pool's, as the judge sees it?
+
+BS = share of (on-policy answer, static answer) comparisons won by the on-policy answer, ties
+counting 1/2, over probe prompts; the interval is clustered by prompt because the M x K votes
+of one prompt share that prompt's difficulty. BS < threshold means the policy is still in the
+preference-injection stage (train on the diverse static pool next); BS >= threshold means the
+fine-tuning stage (train on its own samples).
+
+Sequential mode probes `batch_prompts` prompts at a time and stops as soon as the interval
+(at a Bonferroni-corrected interim level, see `stats.SequentialProbe`) excludes the threshold,
+so a policy far from the boundary costs a fraction of a fixed probe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from stagealign.config import BoundaryConfig, GenerationConfig
+from stagealign.data.schema import CandidateSet, Prompt
+from stagealign.generation.hf import sample
+from stagealign.judges.base import Judge
+from stagealign.policy import Policy
+from stagealign.stats import SequentialProbe, cluster_mean, decide
+
+
+@dataclass
+class BoundaryResult:
+    bs: float
+    lo: float
+    hi: float
+    level: float
+    decision: str  # injection | fine-tuning | uncertain
+    threshold: float
+    prompts: int
+    comparisons: int
+    generations: int
+    generated_tokens: int
+    judge_calls: int
+    seconds: float
+    sequential: bool
+    looks: int
+    per_prompt: list[float] = field(default_factory=list)  # mean vote per probe prompt (for re-analysis)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def votes_for(judge: Judge, prompt: str, on: list[str], off: list[str], hard: bool) -> np.ndarray:
+    """All M x K on-vs-static votes of one prompt (P(on beats static), or 0 / 1/2 / 1)."""
+    a = [x for x in on for _ in off]
+    b = [y for _ in on for y in off]
+    p = judge.prob([prompt] * len(a), a, b)
+    if hard:
+        p = np.where(p > 0.5, 1.0, np.where(p < 0.5, 0.0, 0.5))
+    return p
+
+
+def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], judge: Judge,
+            cfg: BoundaryConfig, gen: GenerationConfig, *, seed: int,
+            progress: Callable[[int], None] | None = None) -> BoundaryResult:
+    """Estimate BS for `policy` on probe prompts that have static candidates in `pool`."""
+    t0 = time.perf_counter()
+    probe = [p for p in probe if p.id in pool][: cfg.probe_prompts]
+    if not probe:
+        raise ValueError("no probe prompt has static candidates in the pool")
+    batch = cfg.batch_prompts if cfg.sequential else len(probe)
+    seq = SequentialProbe(max_clusters=len(probe), batch_size=batch, threshold=cfg.threshold, level=cfg.level,
+                          min_clusters=min(cfg.min_prompts, len(probe)))
+    clusters: list[np.ndarray] = []
+    generations = tokens = comparisons = 0
+    calls_before = getattr(judge, "calls", 0)
+    for look, start in enumerate(range(0, len(probe), batch)):
+        chunk = probe[start:start + batch]
+        answers = sample(policy, [p.text for p in chunk], n=cfg.samples, temperature=gen.temperature,
+                         top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
+                         seed=seed * 7919 + look)
+        generations += sum(len(a) for a in answers)
+        tokens += sum(len(policy.tokenizer(x, add_special_tokens=False)["input_ids"]) + 1 for a in answers for x in a)
+        votes = [votes_for(judge, p.text, a, pool[p.id].candidates, cfg.votes == "hard")
+                 for p, a in zip(chunk, answers)]
+        comparisons += sum(v.size for v in votes)
+        clusters.extend(votes)
+        if cfg.sequential:
+            seq.add(votes)
+        if progress:
+            progress(len(chunk))
+        if cfg.sequential and seq.done:
+            break
+    # Report the interval at the nominal level over everything seen; the decision uses the
+    # corrected interim interval in sequential mode (the one that justified stopping).
+    est = cluster_mean(clusters, level=cfg.level)
+    decision = seq.decision() if cfg.sequential else decide(est, cfg.threshold)
+    return BoundaryResult(
+        bs=est.mean, lo=est.lo, hi=est.hi, level=cfg.level, decision=decision, threshold=cfg.threshold,
+        prompts=len(clusters), comparisons=comparisons, generations=generations, generated_tokens=tokens,
+        judge_calls=getattr(judge, "calls", 0) - calls_before or comparisons,
+        seconds=time.perf_counter() - t0, sequential=cfg.sequential, looks=seq.looks if cfg.sequential else 1,
+        per_prompt=[float(v.mean()) for v in clusters],
+    )

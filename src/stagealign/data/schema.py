@@ -1,0 +1,90 @@
+"""Records that flow between stages: prompts, candidate sets and preference pairs.
+
+Every record keeps its provenance (where its answers came from and in which iteration) so a
+pairs file can be audited, mixed with others, or fed to another trainer without losing what
+made it. Pairs use TRL's preference columns (`prompt`, `chosen`, `rejected`) so any TRL
+trainer reads them directly; the extra columns are ignored there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Origin = Literal["static", "onpolicy"]
+ORIGINS: tuple[str, ...] = ("static", "onpolicy")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt; `id` is stable across stages so artifacts can be joined."""
+
+    id: str
+    text: str
+    reference: str | None = None  # an optional reference answer (for win rate vs reference)
+
+
+@dataclass
+class CandidateSet:
+    """All candidate answers for one prompt from one origin, with optional judge scores.
+
+    `sources` names who wrote each candidate (a pool model's name, or "policy@k" for
+    on-policy samples of iteration k), which the diversity diagnostics and the
+    controlled-pool experiments need.
+    """
+
+    prompt_id: str
+    prompt: str
+    candidates: list[str]
+    sources: list[str]
+    origin: Origin
+    iteration: int = 0
+    scores: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.candidates) != len(self.sources):
+            raise ValueError(
+                f"prompt {self.prompt_id!r}: {len(self.candidates)} candidates but "
+                f"{len(self.sources)} sources"
+            )
+        if self.scores is not None and len(self.scores) != len(self.candidates):
+            raise ValueError(
+                f"prompt {self.prompt_id!r}: {len(self.scores)} scores for "
+                f"{len(self.candidates)} candidates"
+            )
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "CandidateSet":
+        return cls(**row)
+
+
+@dataclass
+class PreferencePair:
+    """A (prompt, chosen, rejected) triple in TRL's format plus provenance."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    prompt_id: str
+    score_chosen: float
+    score_rejected: float
+    origin: Origin
+    iteration: int
+    chosen_source: str = ""
+    rejected_source: str = ""
+    margin: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.margin = float(self.score_chosen - self.score_rejected)
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "PreferencePair":
+        row = dict(row)
+        row.pop("margin", None)
+        return cls(**row)

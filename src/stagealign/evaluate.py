@@ -1,0 +1,58 @@
+"""Evaluation of a checkpoint on held-out prompts.
+
+Reports the judge's mean score, the ground truth's mean (when the world knows it), the win rate
+against reference answers (the initial policy's, by default) under the judge and under the
+truth, and KL(policy || initial) estimated on the policy's own samples. Intervals are clustered
+by prompt.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stagealign.config import EvalConfig, GenerationConfig
+from stagealign.data.schema import Prompt
+from stagealign.generation.hf import sample
+from stagealign.judges.base import Judge
+from stagealign.logprobs import answer_logprobs
+from stagealign.policy import Policy
+from stagealign.stats import cluster_mean
+
+
+def _est(clusters: list[np.ndarray], bounded: bool) -> dict:
+    e = cluster_mean(clusters, bounded=bounded)
+    return {"mean": e.mean, "lo": e.lo, "hi": e.hi}
+
+
+def evaluate(policy: Policy, prompts: list[Prompt], judge: Judge, cfg: EvalConfig, gen: GenerationConfig, *,
+             seed: int, truth: Judge | None = None, reference: dict[str, list[str]] | None = None,
+             initial: Policy | None = None) -> tuple[dict, dict[str, list[str]]]:
+    """Metrics dict and the sampled answers (keyed by prompt id, reusable as a reference)."""
+    answers = sample(policy, [p.text for p in prompts], n=cfg.samples, temperature=cfg.temperature,
+                     top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=seed)
+    by_id = {p.id: a for p, a in zip(prompts, answers)}
+    flat_p = [p.text for p, a in zip(prompts, answers) for _ in a]
+    flat_a = [x for a in answers for x in a]
+    sizes = [len(a) for a in answers]
+
+    def per_prompt(values: np.ndarray) -> list[np.ndarray]:
+        return np.split(np.asarray(values, dtype=float), np.cumsum(sizes)[:-1])
+
+    metrics: dict = {"prompts": len(prompts), "answers": len(flat_a),
+                     "mean_words": float(np.mean([len(x.split()) for x in flat_a]))}
+    if not judge.pairwise_only:
+        metrics["judge_score"] = _est(per_prompt(judge.score(flat_p, flat_a)), bounded=False)
+    if truth is not None:
+        metrics["reward"] = _est(per_prompt(truth.score(flat_p, flat_a)), bounded=False)
+    if reference is not None:
+        refs = [(p.text, x, r) for p, a in zip(prompts, answers) for x in a for r in reference.get(p.id, [])[:1]]
+        if refs:
+            rp, ra, rr = map(list, zip(*refs))
+            metrics["win_rate_judge"] = _est(per_prompt(judge.prob(rp, ra, rr)), bounded=True)
+            if truth is not None:
+                metrics["win_rate_truth"] = _est(per_prompt(truth.prob(rp, ra, rr)), bounded=True)
+    if initial is not None and cfg.kl:
+        lp = np.array(answer_logprobs(policy, flat_p, flat_a))
+        lp0 = np.array(answer_logprobs(initial, flat_p, flat_a))
+        metrics["kl_to_initial"] = _est(per_prompt(lp - lp0), bounded=False)
+    return metrics, by_id

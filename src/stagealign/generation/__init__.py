@@ -1,0 +1,1 @@
+"""Candidate generation backends (HF generate by default; vLLM as an optional extra)."""

@@ -1,0 +1,78 @@
+"""A policy = a causal LM + its tokenizer + the prompt format both generation and training use.
+
+Keeping the format in one object is what makes on-policy samples and TRL training see the same
+text: a chat template when the tokenizer has one, a plain template otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from stagealign.artifacts import atomic_path
+
+FORMAT_FILE = "stagealign_format.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class PolicyError(ValueError):
+    """The policy cannot be loaded; the message names the path."""
+
+
+@dataclass
+class Policy:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    prompt_template: str | None = None  # used when the tokenizer has no chat template
+
+    @property
+    def uses_chat_template(self) -> bool:
+        return self.prompt_template is None and bool(getattr(self.tokenizer, "chat_template", None))
+
+    def format(self, prompt: str) -> str:
+        """The exact text the model is conditioned on."""
+        if self.uses_chat_template:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return (self.prompt_template or "{prompt}\n").format(prompt=prompt)
+
+    def save(self, path: str | Path) -> None:
+        """Atomic save: safetensors weights, tokenizer and the prompt format."""
+        with atomic_path(path) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / FORMAT_FILE).write_text(json.dumps({"prompt_template": self.prompt_template}))
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_policy(path: str | Path, *, tokenizer: str | None = None, dtype: str = "float32",
+                trust_remote_code: bool = False, prompt_template: str | None = None) -> Policy:
+    """Load weights from safetensors only (no pickle) and the saved prompt format if any."""
+    path_str = str(path)
+    local = Path(path_str)
+    if local.exists() and not (local / "config.json").is_file():
+        raise PolicyError(f"{local}: not a model directory (no config.json)")
+    if not local.exists() and (path_str.startswith((".", "/", "~")) or path_str.count("/") > 1):
+        raise PolicyError(f"{path_str}: no such model directory")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path_str, dtype=DTYPES.get(dtype, "auto"), use_safetensors=True, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(tokenizer or path_str, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PolicyError(f"{path_str}: cannot load model or tokenizer ({first})") from None
+    fmt = local / FORMAT_FILE
+    if prompt_template is None and fmt.is_file():
+        prompt_template = json.loads(fmt.read_text()).get("prompt_template")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model.to(device())
+    return Policy(model=model, tokenizer=tok, prompt_template=prompt_template)

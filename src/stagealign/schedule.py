@@ -1,0 +1,187 @@
+"""Which data source the next DPO iteration trains on.
+
+The paper's finding is that neither source always wins: static multi-model pools help while the
+policy is in the *preference injection* stage (it needs coverage), on-policy samples help in the
+*preference fine-tuning* stage (it needs in-distribution quality). A schedule turns that into a
+per-iteration choice. Kinds:
+
+* ``static`` / ``onpolicy``: fixed baselines, whatever the boundary score says.
+* ``path``: an explicit sequence such as ``off,on``, for the 2^k path grid of the experiments.
+* ``auto``: follow the boundary-score decision; when the decision is "uncertain" keep the
+  previous source, because flipping on noise costs more than it can gain.
+* ``blend``: a share of on-policy pairs that ramps linearly with the boundary score (see
+  :func:`blend_share`), the reviewers' "can mixing balance diversity and quality?" question.
+
+Pure functions with no I/O, so the pipeline, the CLI and the tests can all call them directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Choice", "Source", "KINDS", "parse_path", "blend_share", "choose"]
+
+Source = Literal["static", "onpolicy", "blend"]
+Kind = Literal["static", "onpolicy", "path", "auto", "blend"]
+KINDS: tuple[str, ...] = ("static", "onpolicy", "path", "auto", "blend")
+_DECISIONS = ("injection", "fine-tuning", "uncertain")
+
+_TOKENS = {
+    "off": "static",
+    "static": "static",
+    "off-policy": "static",
+    "offpolicy": "static",
+    "on": "onpolicy",
+    "onpolicy": "onpolicy",
+    "on-policy": "onpolicy",
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The data source for one iteration, with the reason recorded next to the run's artifacts.
+
+    ``onpolicy_share`` is the fraction of the iteration's preference pairs built from on-policy
+    candidates: exactly 0 for ``static``, exactly 1 for ``onpolicy``, strictly between for
+    ``blend`` (checked, so a Choice read back from disk cannot contradict itself).
+    """
+
+    source: Source
+    onpolicy_share: float
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source not in ("static", "onpolicy", "blend"):
+            raise ValueError(f"unknown source {self.source!r}; expected static, onpolicy or blend")
+        share = float(self.onpolicy_share)
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"onpolicy_share must be in [0, 1], got {share}")
+        expected = {"static": 0.0, "onpolicy": 1.0}.get(self.source)
+        if expected is not None and share != expected:
+            raise ValueError(f"source {self.source!r} needs onpolicy_share={expected}, got {share}")
+        if self.source == "blend" and share in (0.0, 1.0):
+            raise ValueError("a blend needs 0 < onpolicy_share < 1; use static/onpolicy instead")
+
+
+def _token(tok: str, where: str) -> str:
+    key = tok.strip().lower().replace("_", "-")
+    if key not in _TOKENS:
+        raise ValueError(
+            f"bad data-source token {tok!r} in {where}; use off/static or on/onpolicy/on-policy"
+        )
+    return _TOKENS[key]
+
+
+def parse_path(path: str | Sequence[str]) -> list[str]:
+    """``"off,on"`` -> ``["static", "onpolicy"]``; a list (e.g. from YAML) is accepted too."""
+    if isinstance(path, str):
+        tokens = path.split(",")
+        where = f"path {path!r}"
+    else:
+        tokens = list(path)
+        where = f"path {tokens!r}"
+    if not tokens or all(not str(t).strip() for t in tokens):
+        raise ValueError(f"empty {where}; expected e.g. 'off,on'")
+    out = []
+    for i, t in enumerate(tokens, start=1):
+        if not str(t).strip():
+            raise ValueError(f"empty token at position {i} in {where}")
+        out.append(_token(str(t), where))
+    return out
+
+
+def blend_share(bs: float, threshold: float = 0.5, width: float = 0.2) -> float:
+    """On-policy share for a boundary score: clip(0.5 + (bs - threshold) / width, 0, 1).
+
+    A linear ramp centred on the threshold: a policy exactly at the boundary gets half static and
+    half on-policy pairs; the share reaches 0 at ``threshold - width/2`` and 1 at
+    ``threshold + width/2`` (``width`` is the full width of the ramp). Outside the ramp the
+    blend is a pure source, so far from the boundary ``blend`` behaves like ``auto``.
+    """
+    bs, threshold, width = float(bs), float(threshold), float(width)
+    if not math.isfinite(bs):
+        raise ValueError(f"boundary score must be finite, got {bs}")
+    if not width > 0:
+        raise ValueError(f"blend width must be > 0, got {width}")
+    # Rounded so that a score exactly at a ramp end gives exactly 0 or 1 (a pure source) instead
+    # of 0.9999999999999999 from float arithmetic.
+    return min(1.0, max(0.0, round(0.5 + (bs - threshold) / width, 12)))
+
+
+def _pure(source: str, reason: str) -> Choice:
+    return Choice(source, 1.0 if source == "onpolicy" else 0.0, reason)  # type: ignore[arg-type]
+
+
+def choose(
+    kind: str,
+    iteration: int,
+    decision: str | None,
+    bs: float | None,
+    previous: Choice | None,
+    *,
+    path: str | Sequence[str] | None = None,
+    threshold: float = 0.5,
+    first: str = "static",
+    blend_width: float = 0.2,
+) -> Choice:
+    """The data source for ``iteration`` (1-based) under schedule ``kind``.
+
+    ``decision``/``bs`` come from the boundary measurement of the current policy (None when it was
+    not measured); ``previous`` is the previous iteration's Choice (None on the first). ``first``
+    is the fallback for ``auto``/``blend`` when there is nothing measured or nothing to keep.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown schedule kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if isinstance(iteration, bool) or int(iteration) != iteration or iteration < 1:
+        raise ValueError(f"iteration is 1-based, got {iteration!r}")
+    iteration = int(iteration)
+    if decision is not None and decision not in _DECISIONS:
+        raise ValueError(f"unknown decision {decision!r}; expected one of {', '.join(_DECISIONS)}")
+    first_src = _token(first, "first")
+    bs_txt = "not measured" if bs is None else f"BS={bs:.3f}"
+
+    if kind in ("static", "onpolicy"):
+        return _pure(kind, f"fixed schedule '{kind}'")
+
+    if kind == "path":
+        if path is None:
+            raise ValueError("schedule kind 'path' needs a path, e.g. path='off,on'")
+        steps = parse_path(path)
+        if iteration > len(steps):
+            raise ValueError(
+                f"path {','.join(steps)} has {len(steps)} step(s) but iteration {iteration} was "
+                "requested; give one token per iteration"
+            )
+        return _pure(steps[iteration - 1], f"path step {iteration}/{len(steps)}")
+
+    if kind == "auto":
+        if decision is None:
+            return _pure(first_src, f"auto: boundary {bs_txt}, using first={first_src}")
+        if decision == "injection":
+            return _pure("static", f"auto: injection stage ({bs_txt} < {threshold})")
+        if decision == "fine-tuning":
+            return _pure("onpolicy", f"auto: fine-tuning stage ({bs_txt} > {threshold})")
+        if previous is None:
+            return _pure(first_src, f"auto: uncertain ({bs_txt}), first iteration -> {first_src}")
+        return Choice(
+            previous.source,
+            previous.onpolicy_share,
+            f"auto: uncertain ({bs_txt}), keeping previous {previous.source}",
+        )
+
+    # blend
+    if bs is None:
+        return _pure(first_src, f"blend: boundary not measured, using first={first_src}")
+    share = blend_share(bs, threshold, blend_width)
+    reason = (
+        f"blend: {bs_txt}, threshold {threshold}, width {blend_width} "
+        f"-> on-policy share {share:.3f}"
+    )
+    if share == 0.0:
+        return _pure("static", reason)
+    if share == 1.0:
+        return _pure("onpolicy", reason)
+    return Choice("blend", share, reason)

@@ -1,0 +1,1 @@
+"""SFT and preference training on top of TRL."""

@@ -1,0 +1,85 @@
+"""Settings shared by every TRL trainer we start: CPU-safe precision, no checkpoints, logging."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+
+def trainer_kwargs(*, seed: int, report_to: str, logging_dir: str | None, output_dir: str) -> dict[str, Any]:
+    """Arguments every TRL config here gets.
+
+    bf16 stays off on CPU (AVX2 CPUs emulate it slowly and TRL defaults it on); checkpoints
+    are not written by the Trainer because the pipeline saves the finished model atomically
+    itself and resumes at stage granularity.
+    """
+    cuda = torch.cuda.is_available()
+    kw: dict[str, Any] = dict(
+        output_dir=output_dir,
+        seed=seed,
+        data_seed=seed,
+        bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        fp16=False,
+        use_cpu=not cuda,
+        save_strategy="no",
+        report_to=[] if report_to == "none" else [report_to],
+        logging_steps=5,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+    )
+    if logging_dir and report_to == "tensorboard":
+        kw["logging_dir"] = logging_dir
+    return kw
+
+
+class NumericsError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class FiniteLossCallback(TrainerCallback):
+    """Stop with a clear message on the first non-finite logged loss, naming the step."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "train_loss", "grad_norm"):
+            v = (logs or {}).get(key)
+            if v is not None and not math.isfinite(float(v)):
+                raise NumericsError(f"{self.where}: {key} became {v} at step {state.global_step}")
+
+
+class ProgressCallback(TrainerCallback):
+    """Forwards step progress to a callable (the CLI's rich progress bar)."""
+
+    def __init__(self, advance):
+        self.advance = advance
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.advance(0, state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.advance(1, state.max_steps)
+
+
+def quiet_libraries() -> None:
+    """Library chatter (per-step dicts, weight-loading bars, deprecation notices) drowns the
+    pipeline's own progress; keep errors, drop the rest."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|accelerate)")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|trl|accelerate|torch)")
+    for name in ("transformers", "trl", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
