@@ -43,6 +43,10 @@ class BoundaryResult:
     seconds: float
     sequential: bool
     looks: int
+    #: policy token passes of this probe over those of one training epoch on `train_prompts`
+    #: prompts (2 sequences per pair, forward + backward ~ 3 passes, + 1 reference pass); None
+    #: when the training set size is unknown. The time ratio is in the run summary.
+    cost_vs_epoch: float | None = None
     per_prompt: list[float] = field(default_factory=list)  # mean vote per probe prompt (for re-analysis)
 
     def to_dict(self) -> dict:
@@ -60,7 +64,7 @@ def votes_for(judge: Judge, prompt: str, on: list[str], off: list[str], hard: bo
 
 
 def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], judge: Judge,
-            cfg: BoundaryConfig, gen: GenerationConfig, *, seed: int,
+            cfg: BoundaryConfig, gen: GenerationConfig, *, seed: int, train_prompts: int | None = None,
             progress: Callable[[int], None] | None = None) -> BoundaryResult:
     """Estimate BS for `policy` on probe prompts that have static candidates in `pool`."""
     t0 = time.perf_counter()
@@ -71,7 +75,7 @@ def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], 
     seq = SequentialProbe(max_clusters=len(probe), batch_size=batch, threshold=cfg.threshold, level=cfg.level,
                           min_clusters=min(cfg.min_prompts, len(probe)))
     clusters: list[np.ndarray] = []
-    generations = tokens = comparisons = 0
+    generations = tokens = prompt_tokens = comparisons = 0
     calls_before = getattr(judge, "calls", 0)
     for look, start in enumerate(range(0, len(probe), batch)):
         chunk = probe[start:start + batch]
@@ -79,6 +83,8 @@ def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], 
                          top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
                          seed=seed * 7919 + look)
         generations += sum(len(a) for a in answers)
+        prompt_tokens += sum(len(policy.tokenizer(policy.format(p.text))["input_ids"]) * len(a)
+                             for p, a in zip(chunk, answers))
         tokens += sum(len(policy.tokenizer(x, add_special_tokens=False)["input_ids"]) + 1 for a in answers for x in a)
         votes = [votes_for(judge, p.text, a, pool[p.id].candidates, cfg.votes == "hard")
                  for p, a in zip(chunk, answers)]
@@ -93,11 +99,16 @@ def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], 
     # Report the interval at the nominal level over everything seen; the decision uses the
     # corrected interim interval in sequential mode (the one that justified stopping).
     est = cluster_mean(clusters, level=cfg.level)
+    cost_ratio = None
+    if train_prompts:
+        seq_len = (prompt_tokens + tokens) / max(generations, 1)
+        cost_ratio = (prompt_tokens + tokens) / (train_prompts * 2 * seq_len * 4)
     decision = seq.decision() if cfg.sequential else decide(est, cfg.threshold)
     return BoundaryResult(
         bs=est.mean, lo=est.lo, hi=est.hi, level=cfg.level, decision=decision, threshold=cfg.threshold,
         prompts=len(clusters), comparisons=comparisons, generations=generations, generated_tokens=tokens,
         judge_calls=getattr(judge, "calls", 0) - calls_before or comparisons,
         seconds=time.perf_counter() - t0, sequential=cfg.sequential, looks=seq.looks if cfg.sequential else 1,
+        cost_vs_epoch=cost_ratio,
         per_prompt=[float(v.mean()) for v in clusters],
     )

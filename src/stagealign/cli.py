@@ -133,7 +133,7 @@ def measure_cmd(config: Annotated[Path, typer.Argument(help="YAML run config (po
                              dtype=pc.dtype, trust_remote_code=pc.trust_remote_code,
                              prompt_template=None if checkpoint else pc.prompt_template)
         res = measure(policy, prov.probe, prov.pool, prov.judge, cfg.boundary, cfg.generation,
-                      seed=stage_seed(cfg.seed, 0, "measure"))
+                      seed=stage_seed(cfg.seed, 0, "measure"), train_prompts=len(prov.train))
         d = res.to_dict()
         d.pop("per_prompt")
         if as_json:
@@ -143,7 +143,7 @@ def measure_cmd(config: Annotated[Path, typer.Argument(help="YAML run config (po
                        f"{res.prompts} probe prompts, {res.comparisons} comparisons)")
             typer.echo(f"decision        {res.decision} (threshold {res.threshold})")
             typer.echo(f"cost            {res.generations} generations, {res.judge_calls} judge calls, "
-                       f"{res.seconds:.1f}s")
+                       f"{res.seconds:.1f}s, {res.cost_vs_epoch:.2%} of one training epoch's policy compute")
     _guard(go)
 
 

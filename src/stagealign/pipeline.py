@@ -98,6 +98,31 @@ class Run:
                                              prompt_template=pc.prompt_template if k == 0 else None)
         return self._loaded[path]
 
+    def adopt_prefix(self, src: str | Path, upto: int) -> None:
+        """Start this run from iterations 0..`upto` of another run directory.
+
+        Valid when both runs share seed and everything but the schedule's later steps (the grid's
+        off->off and off->on share iteration 1): stage seeds depend only on (seed, iteration,
+        stage), so the adopted artifacts are exactly what this run would have computed. Copies,
+        so either run can be deleted or resumed on its own.
+        """
+        import shutil
+
+        src = Path(src)
+        if self.state_path.is_file():
+            return
+        src_done = artifacts.read_json(src / "state.json")["done"]
+        keep = [s for s in src_done if int(s.split("/")[0].split("_")[1]) <= upto]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for k in range(upto + 1):
+            s, d = src / f"iter_{k}", self.dir / f"iter_{k}"
+            if s.is_dir() and not d.exists():
+                tmp = self.dir / f".iter_{k}.adopt.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(s, tmp, ignore=shutil.ignore_patterns("work"))
+                tmp.rename(d)
+        artifacts.write_json(self.state_path, {"done": keep})
+
     # ---- the loop ---------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +171,7 @@ class Run:
         with self.ui.task(f"iter {k}: boundary score", total=min(len(p.probe), self.cfg.boundary.probe_prompts)) as adv:
             res: BoundaryResult = measure(self.policy(k - 1), p.probe, p.pool, p.judge, self.cfg.boundary,
                                           self.cfg.generation, seed=stage_seed(self.cfg.seed, k, "measure"),
-                                          progress=adv)
+                                          train_prompts=len(p.train), progress=adv)
         out = {"measured": True, **res.to_dict()}
         self.ui.log(f"[iter_{k}/measure] BS={res.bs:.3f} [{res.lo:.3f}, {res.hi:.3f}] -> {res.decision} "
                     f"({res.prompts} prompts, {res.comparisons} comparisons, {res.seconds:.1f}s)")
