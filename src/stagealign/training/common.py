@@ -31,7 +31,7 @@ def trainer_kwargs(*, seed: int, report_to: str, logging_dir: str | None, output
         report_to=[] if report_to == "none" else [report_to],
         logging_steps=5,
         disable_tqdm=True,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # tiny and CPU models: recomputation only costs time
         dataloader_num_workers=0,
     )
     if logging_dir and report_to == "tensorboard":
