@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo grid (weak / boundary / strong x all 4 two-iteration static/on-policy paths + auto + blend,
+# DPO, seed 0; shared prefixes trained once), its tables, and runs/demo/report.md with the plots.
+# Resumable: an interrupted `make demo` continues where it stopped.
 demo: $(STAMP)
-	$(BIN)/stagealign demo
+	$(BIN)/stagealign demo --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

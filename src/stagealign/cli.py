@@ -1,4 +1,4 @@
-"""Command line: `stagealign run | demo | measure | world show`.
+"""Command line: `stagealign run | demo | grid | report | measure | world show`.
 
 Errors a user can fix (config typos, bad data rows, missing models) print one line and exit
 with code 2; `--debug` shows the traceback instead.
@@ -26,6 +26,14 @@ _DEBUG = {"on": False}
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="overrides such as training.beta=0.2", show_default=False)]
 
 
+def _para(text: str) -> str:
+    """Help text: dedent, join the lines of each paragraph (rich keeps hard line breaks), escape [."""
+    import textwrap
+
+    paras = textwrap.dedent(text).strip().split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paras).replace("[", "\\[")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from stagealign.artifacts import ArtifactError
     from stagealign.judges.base import JudgeError
@@ -44,6 +52,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _guard(fn):
+    _quiet()
     try:
         return fn()
     except _user_errors() as exc:
@@ -58,6 +67,10 @@ def _guard(fn):
 def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False) -> None:
     _DEBUG["on"] = debug
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _quiet() -> None:
+    """Silence library chatter; imported lazily so `--help` stays fast (no torch import)."""
     from stagealign.training.common import quiet_libraries
 
     quiet_libraries()
@@ -90,26 +103,100 @@ def run(config: Annotated[Path, typer.Argument(help="YAML run config")], overrid
     _guard(go)
 
 
-@app.command()
-def demo(out: Annotated[Path, typer.Option(help="directory for the demo runs")] = Path("runs/demo"),
-         scale: Annotated[str, typer.Option(help="world scale: small | default | large")] = "default",
-         seed: Annotated[int, typer.Option(help="run seed")] = 0) -> None:
-    """Weak and strong initial policies of the synthetic world, each with the `auto` schedule and
-    the fixed on->on path (the 'on-policy is always better' habit), two DPO iterations each."""
+_HELP_GRID = _para("""Run (or resume) a path grid: initial policies x methods x seeds x data paths / schedules.
+
+    The `grid:` section takes policies: [weak, boundary, strong] (testbed) or models: [...] (HF),
+    methods: [dpo, slic-hf], seeds: [0, 1, 2], iterations: 2, paths: all (every static/on-policy
+    path; or a list like ['off,on', 'on,on'], or none) and schedules: [auto, blend]. Everything
+    else in CONFIG is the base run config shared by all cells; overrides `grid.KEY=VALUE` change
+    the grid, all others the base config.
+
+    Every cell is a resumable run directory OUT/<policy>/<method>/seed<s>/<path-off-on|auto|blend>;
+    shared prefixes (off->off and off->on share iteration 1) are trained once. Re-running the
+    command continues where it stopped. Writes OUT/grid.json (metrics with 95% CIs over seeds)
+    and, unless --no-report, OUT/report.md with its PNG plots.
+    """)
+
+
+@app.command(help=_HELP_GRID)
+def grid(config: Annotated[Path, typer.Argument(help="YAML config: a run config plus a top-level `grid:` section")],
+         overrides: Overrides = None,
+         out: Annotated[Optional[Path], typer.Option(help="grid directory (default: the config's run_dir)")] = None,
+         report: Annotated[bool, typer.Option("--report/--no-report", help="write OUT/report.md and plots "
+                                              "at the end")] = True,
+         ) -> None:
     def go():
-        from stagealign.report import iteration_table
+        from stagealign.experiments import load_grid_config, run_grid
+        from stagealign.report import report_tables, write_grid_report
+        from stagealign.ui import RichUI
 
-        summaries = []
-        for policy in ("weak", "strong"):
-            for name, sched in (("auto", ["schedule.kind=auto"]), ("on-on", ["schedule.kind=path", "schedule.path=on,on"])):
-                cfg = load_config(None, [f"run_dir={out / f'{policy}-{name}'}", f"policy.testbed={policy}",
-                                         f"world.scale={scale}", f"seed={seed}", *sched])
-                summaries.append(_run(cfg))
-        table = iteration_table(summaries)
-        from stagealign.artifacts import write_text
+        base, spec = load_grid_config(config, overrides or [])
+        target = out if out is not None else Path(base.run_dir)
+        metrics = run_grid(base, spec, target, ui=RichUI())
+        typer.echo(report_tables(metrics))
+        typer.echo(f"\nmetrics: {target / 'grid.json'}")
+        if report:
+            typer.echo(f"report:  {write_grid_report(target, metrics)}")
+    _guard(go)
 
-        write_text(out / "demo.md", table + "\n")
-        typer.echo(table)
+
+_HELP_REPORT = _para("""Write DIR/report.md with Markdown tables and PNG plots.
+
+    For a grid: reward per iteration along every path (CI bands over seeds), static vs on-policy
+    first-iteration gains and their ratio, best path / auto / blend, boundary-score trajectories,
+    boundary-score calibration (BS vs on-policy minus static gain of the next iteration) and
+    candidate diversity vs quality. For a single run: its iteration table and reward plot.
+    """)
+
+
+@app.command("report", help=_HELP_REPORT)
+def report_cmd(directory: Annotated[Path, typer.Argument(help="a grid directory or a single run directory")]) -> None:
+    def go():
+        from stagealign.report import write_report
+
+        typer.echo(str(write_report(directory)))
+    _guard(go)
+
+
+_HELP_DEMO = _para("""The research experiment on the synthetic world, end to end (what `make demo` runs).
+
+    Runs the demo grid shipped with the package (stagealign/configs/demo-grid.yaml): weak,
+    boundary and strong initial policies x DPO x seed 0, two iterations, all four static /
+    on-policy paths plus the `auto` (boundary-score) and `blend` schedules; shared prefixes are
+    trained once. Then prints the weak/strong `auto` vs `on->on` table (the "on-policy is always
+    better" habit against the measured stage) and the effectiveness table, and writes
+    OUT/report.md with the plots. Resumable like `grid`; extra arguments are overrides
+    (e.g. grid.seeds=[0,1,2]). Equivalent to `stagealign grid <demo-grid.yaml> --out OUT`.
+    """)
+
+
+@app.command(help=_HELP_DEMO)
+def demo(out: Annotated[Path, typer.Option(help="directory for the demo grid")] = Path("runs/demo"),
+         scale: Annotated[Optional[str], typer.Option(help="world scale: small | default | large "
+                                                      "(default: the demo grid's)")] = None,
+         seed: Annotated[Optional[list[int]], typer.Option(help="run seed; repeat for several seeds")] = None,
+         overrides: Overrides = None) -> None:
+    def go():
+        from stagealign.experiments import demo_config_path, grid_cells, load_grid_config, run_grid
+        from stagealign.report import iteration_table, report_tables, write_grid_report
+        from stagealign import artifacts
+        from stagealign.ui import RichUI
+
+        extra = list(overrides or [])
+        if scale is not None:
+            extra.append(f"world.scale={scale}")
+        if seed:
+            extra.append(f"grid.seeds=[{','.join(str(s) for s in seed)}]")
+        base, spec = load_grid_config(demo_config_path(), extra)
+        metrics = run_grid(base, spec, out, ui=RichUI())
+        first = min(spec.seeds) if spec.seeds else base.seed
+        picked = [c for c in grid_cells(base, spec, out)
+                  if c.policy in ("weak", "strong") and c.name in ("auto", "path-on-on") and c.seed == first]
+        table = iteration_table([artifacts.read_json(c.dir / "summary.json") for c in picked])
+        text = table + "\n\n" + report_tables(metrics)
+        artifacts.write_text(out / "demo.md", text + "\n")
+        typer.echo(text)
+        typer.echo(f"\nreport: {write_grid_report(out, metrics)}")
     _guard(go)
 
 
