@@ -2,11 +2,15 @@
 
 Keeping the format in one object is what makes on-policy samples and TRL training see the same
 text: a chat template when the tokenizer has one, a plain template otherwise.
+
+Every saved policy is a plain safetensors causal LM (a LoRA adapter is merged before saving), so
+the initial checkpoint, every iteration's `model/` and any hub model load through one path.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +44,39 @@ class Policy:
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
         return (self.prompt_template or "{prompt}\n").format(prompt=prompt)
 
+    @property
+    def has_adapter(self) -> bool:
+        """True while `model` is a PEFT model (a LoRA adapter not merged yet)."""
+        return is_peft_model(self.model)
+
     def save(self, path: str | Path) -> None:
-        """Atomic save: safetensors weights, tokenizer and the prompt format."""
+        """Atomic save: safetensors weights, tokenizer and the prompt format.
+
+        A LoRA adapter still on the model is merged first (`merge_adapter`): a saved policy is
+        always a plain causal LM, loadable by `load_policy` and by any tool without PEFT.
+        """
+        merge_adapter(self)
         with atomic_path(path) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             (tmp / FORMAT_FILE).write_text(json.dumps({"prompt_template": self.prompt_template}))
+
+
+def is_peft_model(model) -> bool:
+    """True for a PEFT-wrapped model; never imports peft (a model cannot be one unless peft is loaded)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def merge_adapter(policy: Policy) -> Policy:
+    """Merge a LoRA adapter into the base weights in place (`merge_and_unload`); no-op without one.
+
+    The merged model keeps the base weights' dtype (PEFT adds the float32 update and rounds the
+    sum once).
+    """
+    if is_peft_model(policy.model):
+        policy.model = policy.model.merge_and_unload()
+    return policy
 
 
 def device() -> torch.device:

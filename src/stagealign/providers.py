@@ -80,6 +80,24 @@ def _callable(cfg: RunConfig) -> Judge:
     return CallableJudge(load_callable(cfg.judge.path), temperature=cfg.judge.temperature)
 
 
+def judge_spec(cfg: RunConfig) -> dict:
+    """`build_judge` spec of a real-model judge: `judge.options` plus the config's own keys.
+
+    `judge.path` is the model (reward_model / pairrm path, openai `model`, callable
+    `module:function`); `judge.batch_size` goes to the local models, `judge.temperature` (the
+    Bradley-Terry temperature) to the scalar ones.
+    """
+    j = cfg.judge
+    spec: dict = {"kind": j.kind, **j.options}
+    if j.path:
+        spec["model" if j.kind == "openai" else "path"] = j.path
+    if j.kind in ("reward_model", "pairrm"):
+        spec.setdefault("batch_size", j.batch_size)
+    if j.kind in ("reward_model", "callable"):
+        spec.setdefault("temperature", j.temperature)
+    return spec
+
+
 def _huggingface(cfg: RunConfig, log) -> Provider:
     from stagealign.data.loaders import load_pool
     from stagealign.judges.registry import build_judge
@@ -99,14 +117,12 @@ def _huggingface(cfg: RunConfig, log) -> Provider:
     tr = [prompts[i] for i in order[n_eval + n_probe:]]
     if cfg.data.train_prompts:
         tr = tr[: cfg.data.train_prompts]
-    spec = {"kind": cfg.judge.kind, **cfg.judge.options}
-    if cfg.judge.path:
-        spec["path"] = cfg.judge.path
-    if cfg.judge.kind in ("reward_model", "pairrm"):
-        spec.setdefault("batch_size", cfg.judge.batch_size)
-    judge = build_judge(spec) if cfg.judge.kind != "callable" else _callable(cfg)
+    judge = build_judge(judge_spec(cfg)) if cfg.judge.kind != "callable" else _callable(cfg)
     sets = pool.sets
-    if cfg.data.keep_labels and pool.labels:
+    if not cfg.data.keep_labels:
+        for s in sets.values():  # the dataset's own scores (UltraFeedback ratings) are not the judge's
+            s.scores = None
+    elif pool.labels:
         for pid, (c, r) in pool.labels.items():
             s = sets[pid]
             s.scores = [1.0 if i == c else (0.0 if i == r else 0.5) for i in range(len(s.candidates))]

@@ -5,6 +5,18 @@ already implements: `sigmoid` (DPO), `hinge` (SLiC-HF's calibration loss), `ipo`
 reference is the iteration's starting policy by default (each iteration re-anchors, as in the
 paper's iterative DPO); reference log-probs are precomputed once so only one model is in memory
 during training.
+
+LoRA (`policy.lora` in the run config): TRL wraps the model with a PEFT LoRA adapter
+(`peft_config=`), and with no explicit reference model the reference is the same network with the
+adapter disabled, i.e. exactly the iteration's starting policy, at no extra memory. After training
+the adapter is MERGED into the weights (`merge_and_unload`), so every iteration's `model/` is a
+plain safetensors causal LM. Why merge rather than keep adapters: iteration k+1 starts from, and is
+anchored to, policy k; with merged checkpoints that is "load a causal LM" in every stage
+(generation, boundary score, evaluation, the next LoRA on top), one code path, and other tools read
+the checkpoint without PEFT. Stacking k adapters instead would make every loader PEFT-aware and the
+reference of iteration k+1 "base + adapters 1..k", for no saving once the model is re-anchored
+anyway. Cost: the merged weights are stored in the policy's dtype, so an update smaller than half
+a unit in the last place of a bfloat16 weight is rounded away (`policy.dtype: float32` keeps it).
 """
 
 from __future__ import annotations
@@ -16,8 +28,8 @@ from datasets import Dataset
 from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
-from stagealign.config import TrainingConfig
-from stagealign.policy import Policy
+from stagealign.config import LoraSettings, TrainingConfig
+from stagealign.policy import Policy, merge_adapter
 from stagealign.training.common import FiniteLossCallback, ProgressCallback, quiet_libraries, trainer_kwargs
 
 METHOD_LOSS = {"dpo": "sigmoid", "slic-hf": "hinge", "ipo": "ipo"}
@@ -46,10 +58,28 @@ def to_trl_rows(policy: Policy, rows: list[dict]) -> list[dict]:
             for r in rows]
 
 
+def lora_config(settings: LoraSettings):
+    """The PEFT `LoraConfig` for a causal LM from the run config's `policy.lora` section."""
+    from peft import LoraConfig
+
+    targets = settings.target_modules
+    if not isinstance(targets, str) and not targets:
+        raise ValueError("policy.lora.target_modules is empty; name modules (e.g. [q_proj, v_proj]) or 'all-linear'")
+    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=targets if isinstance(targets, str) else list(targets),
+                      task_type="CAUSAL_LM", bias="none")
+
+
 def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, seed: int, work_dir: Path,
                      ref_policy: Policy | None = None, report_to: str = "none", where: str = "train",
-                     progress=None) -> TrainResult:
-    """Train `policy.model` in place on preference rows (dicts with prompt/chosen/rejected)."""
+                     progress=None, lora: LoraSettings | None = None, merge: bool = True) -> TrainResult:
+    """Train `policy.model` in place on preference rows (dicts with prompt/chosen/rejected).
+
+    With `lora`, only a LoRA adapter is trained (reference: the adapter disabled, unless
+    `ref_policy` is given) and, with `merge` (the default), merged into the weights afterwards, so
+    `policy.model` is again a plain causal LM. `merge=False` leaves `policy.model` a PEFT model
+    (the base weights untouched); `stagealign.policy.merge_adapter` merges it later.
+    """
     import time
 
     if not rows:
@@ -75,6 +105,12 @@ def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, s
     if progress is not None:
         callbacks.append(ProgressCallback(progress))
     quiet_libraries()
+    peft_config = None
+    if lora is not None:
+        try:
+            peft_config = lora_config(lora)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     trainer = DPOTrainer(
         model=policy.model,
         ref_model=ref_policy.model if ref_policy is not None else None,
@@ -82,14 +118,21 @@ def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, s
         train_dataset=Dataset.from_list(to_trl_rows(policy, rows)),
         processing_class=policy.tokenizer,
         callbacks=callbacks,
+        peft_config=peft_config,
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar and log replace its prints
     t0 = time.perf_counter()
     out = trainer.train()
     seconds = time.perf_counter() - t0
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    if peft_config is not None:
+        policy.model = trainer.accelerator.unwrap_model(trainer.model)
+        if merge:
+            merge_adapter(policy)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return TrainResult(
         steps=int(out.global_step), pairs=len(rows), seconds=seconds,
         final_loss=float(history[-1]["loss"]) if history else float(out.training_loss),
-        metrics={"train_loss": float(out.training_loss), "log_history": trainer.state.log_history},
+        metrics={"train_loss": float(out.training_loss), "log_history": trainer.state.log_history,
+                 "trainable_params": int(trainable), "lora": lora is not None},
     )
