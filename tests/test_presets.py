@@ -138,3 +138,13 @@ def test_legacy_model_names_warn_but_pools_need_an_org():
     assert any(line.startswith("warning: policy.model: 'gpt2' has no organisation") for line in lines)
     with pytest.raises(ConfigError, match="data.pool: 'imdb' is neither"):
         validate(load_config(PRESETS / "qwen2.5-1.5b-dpo.yaml", ["data.pool=imdb"]), cuda=True)
+
+
+def test_dry_run_flag_of_the_cli_validates_a_preset_without_training(tmp_path):
+    from conftest import cli
+
+    r = cli("run", "configs/presets/phi2-dpo.yaml", f"run_dir={tmp_path / 'r'}", "--dry-run",
+            cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr
+    assert "config: valid" in r.stdout and "cost:" in r.stdout
+    assert not (tmp_path / "r").exists()

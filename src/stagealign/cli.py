@@ -86,6 +86,8 @@ def _run(cfg: RunConfig) -> dict:
 @app.command()
 def run(config: Annotated[Path, typer.Argument(help="YAML run config")], overrides: Overrides = None,
         resume: Annotated[bool, typer.Option("--resume", help="require an existing run directory to continue")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="validate the config (models, pool, judge, "
+                                              "costs) without downloading or training anything")] = False,
         ) -> None:
     """Run (or resume) the stage-aware iteration loop described by CONFIG.
 
@@ -94,6 +96,12 @@ def run(config: Annotated[Path, typer.Argument(help="YAML run config")], overrid
     """
     def go():
         cfg = load_config(config, overrides or [])
+        if dry_run:
+            from stagealign.dryrun import validate
+
+            for line in validate(cfg):
+                typer.echo(line)
+            return
         if resume and not (Path(cfg.run_dir) / "state.json").is_file():
             raise ConfigError(f"{cfg.run_dir}: nothing to resume (no state.json)")
         summary = _run(cfg)
