@@ -3,7 +3,22 @@
 A run can be killed at any instant (SIGKILL, OOM, pre-emption). Writing to a temporary file in
 the same directory, fsyncing it and renaming it over the target makes the write atomic on POSIX
 filesystems, so a resumed run never reads half a file and a failed write (disk full) leaves the
-previous version intact.
+previous version intact and raises `ArtifactError` naming the file.
+
+Temporaries are hidden entries named ``.<name>.<random>.tmp`` beside their target; a directory
+being replaced is parked as ``.<name>.old`` for the instant between two renames. A killed process
+can leave either behind: `recover` (run by the pipeline under `RunLock` before anything else)
+deletes the temporaries and puts a parked directory back when its target is missing.
+
+Fault injection (tests only): the environment variable ``STAGEALIGN_FAULT`` holds a
+comma-separated list of named points; when the process reaches one, `fault` kills it with SIGKILL
+(no cleanup, no ``finally``), exactly like the OOM killer would. Points:
+
+- ``write:<path suffix>``: inside `atomic_path`, the temporary complete, not yet renamed onto a
+  target whose path ends with the suffix (e.g. ``write:iter_1/pairs.jsonl``, ``write:state.json``);
+- ``iter_<k>/<stage>:before`` and ``iter_<k>/<stage>:after-artifact`` (pipeline `_stage`: the
+  stage's JSON written, the stage not yet recorded in ``state.json``);
+- ``train-step:<n>``: after optimizer step n of a training run, inside TRL's loop.
 """
 
 from __future__ import annotations
@@ -11,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,7 +36,32 @@ from typing import Any
 
 
 class ArtifactError(RuntimeError):
-    """An artifact on disk is unreadable; the message names the file and line."""
+    """An artifact on disk is unreadable or cannot be written; the message names the file (and line)."""
+
+
+class RunLockedError(ArtifactError):
+    """Another live process holds the run directory."""
+
+
+FAULT_ENV = "STAGEALIGN_FAULT"
+
+
+def fault(point: str) -> None:
+    """Test hook: SIGKILL this process when `point` is listed in ``$STAGEALIGN_FAULT``."""
+    spec = os.environ.get(FAULT_ENV)
+    if spec and point in {p.strip() for p in spec.split(",")}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_fault(target: Path) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    posix = target.as_posix()
+    for p in spec.split(","):
+        p = p.strip()
+        if p.startswith("write:") and posix.endswith("/" + p[len("write:"):].lstrip("/")):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -27,20 +69,29 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it onto `target`.
 
     Works for files and directories (a model save). On any exception the temporary is removed
-    and `target` is untouched.
+    and `target` is untouched; an `OSError` (disk full, permissions) becomes an `ArtifactError`
+    naming `target` (the original error is its ``__cause__``).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise ArtifactError(f"{target}: cannot write ({exc.strerror or exc})") from exc
     inner = tmp / target.name
     try:
         yield inner
+        _write_fault(target)
         if inner.is_dir():
             if target.exists():
                 old = target.with_name(f".{target.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(target, old)
-                os.replace(inner, target)
+                try:
+                    os.replace(inner, target)
+                except OSError:
+                    os.replace(old, target)
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(inner, target)
@@ -49,8 +100,80 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
                 os.fsync(fh.fileno())
             os.replace(inner, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        raise ArtifactError(f"{target}: cannot write ({exc.strerror or exc})") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # tempfile.mkdtemp(prefix=".<name>.", suffix=".tmp")
+_PARKED = re.compile(r"^\.(?P<name>.+)\.old$")
+
+
+def recover(root: str | os.PathLike) -> dict[str, int]:
+    """Undo what a killed writer left in a run directory: delete temporaries, restore parked directories.
+
+    Looks only where a run writes (`root` and its ``iter_*`` directories, not below) and only at
+    directories named the way `atomic_path` names them, so nothing else in a run directory (or a
+    run_dir pointed at a busy folder) is touched. Only safe while no other process writes there
+    (hold `RunLock`). Returns counts.
+    """
+    root = Path(root)
+    out = {"removed": 0, "restored": 0}
+    if not root.is_dir():
+        return out
+    for here in [root, *sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.is_symlink())]:
+        for path in sorted(here.iterdir()):
+            if not path.is_dir() or path.is_symlink():
+                continue
+            parked = _PARKED.match(path.name)
+            if parked and not (here / parked["name"]).exists():
+                os.replace(path, here / parked["name"])  # killed between the two renames of a directory swap
+                out["restored"] += 1
+            elif parked or _TEMP.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+                out["removed"] += 1
+    return out
+
+
+class RunLock:
+    """An exclusive advisory lock on a run directory (``<dir>/.lock``), released on exit or death.
+
+    Two processes on one run directory would interleave stages and overwrite each other's
+    artifacts; the second one gets `RunLockedError` instead. On platforms without `fcntl` the
+    lock is a no-op.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory) / ".lock"
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RunLockedError(f"{self.path.parent}: another process (pid {holder}) is using this run "
+                                 "directory; wait for it to finish or choose another run_dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the flock
+            self._fh = None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,6 +9,11 @@ fine-tuning stage (train on its own samples).
 Sequential mode probes `batch_prompts` prompts at a time and stops as soon as the interval
 (at a Bonferroni-corrected interim level, see `stats.SequentialProbe`) excludes the threshold,
 so a policy far from the boundary costs a fraction of a fixed probe.
+
+Probe prompts whose formatted tokens plus `max_new_tokens` exceed the policy's context are
+skipped (`fit_context`) and counted in `BoundaryResult.skipped_too_long`: past its context a
+model with learned positions fails deep inside torch, and a rotary one silently generates
+from positions it never saw.
 """
 
 from __future__ import annotations
@@ -48,9 +53,45 @@ class BoundaryResult:
     #: when the training set size is unknown. The time ratio is in the run summary.
     cost_vs_epoch: float | None = None
     per_prompt: list[float] = field(default_factory=list)  # mean vote per probe prompt (for re-analysis)
+    skipped_too_long: int = 0  # probe prompts skipped because they do not fit the context (fit_context)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def context_length(policy: Policy) -> int | None:
+    """Tokens the policy can attend to: the model config's position limit, capped by the tokenizer's
+    `model_max_length` when that is set to a real value; None when neither says."""
+    cfg = policy.model.config
+    n = next((v for v in (getattr(cfg, a, None) for a in ("max_position_embeddings", "n_positions",
+                                                            "max_sequence_length", "seq_length"))
+              if isinstance(v, int) and v > 0), None)
+    tok_max = getattr(policy.tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 10_000_000:
+        n = tok_max if n is None else min(n, tok_max)
+    return n
+
+
+def fit_context(policy: Policy, prompts: list[Prompt], max_new_tokens: int
+                ) -> tuple[list[Prompt], list[tuple[str, int]], int | None]:
+    """(prompts that fit, [(id, tokens) of those that do not], the prompt-token limit).
+
+    A prompt fits when its formatted tokens (as `generate` sees them) plus `max_new_tokens` stay
+    within `context_length`; without a known context every prompt fits.
+    """
+    n = context_length(policy)
+    if n is None or not prompts:
+        return list(prompts), [], None if n is None else n - max_new_tokens
+    limit = n - max_new_tokens
+    enc = policy.tokenizer([policy.format(p.text) for p in prompts],
+                           add_special_tokens=not policy.uses_chat_template)["input_ids"]
+    kept, long = [], []
+    for p, ids in zip(prompts, enc):
+        if len(ids) <= limit:
+            kept.append(p)
+        else:
+            long.append((p.id, len(ids)))
+    return kept, long, limit
 
 
 def votes_for(judge: Judge, prompt: str, on: list[str], off: list[str], hard: bool) -> np.ndarray:
@@ -68,8 +109,13 @@ def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], 
             progress: Callable[[int], None] | None = None) -> BoundaryResult:
     """Estimate BS for `policy` on probe prompts that have static candidates in `pool`."""
     t0 = time.perf_counter()
-    probe = [p for p in probe if p.id in pool][: cfg.probe_prompts]
+    probe, too_long, limit = fit_context(policy, [p for p in probe if p.id in pool], gen.max_new_tokens)
+    probe = probe[: cfg.probe_prompts]
     if not probe:
+        if too_long:
+            raise ValueError(f"all {len(too_long)} probe prompts are longer than {limit} tokens (the policy's context "
+                             f"minus generation.max_new_tokens); e.g. prompt id {too_long[0][0]!r} has "
+                             f"{too_long[0][1]} tokens")
         raise ValueError("no probe prompt has static candidates in the pool")
     batch = cfg.batch_prompts if cfg.sequential else len(probe)
     seq = SequentialProbe(max_clusters=len(probe), batch_size=batch, threshold=cfg.threshold, level=cfg.level,
@@ -111,4 +157,5 @@ def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], 
         seconds=time.perf_counter() - t0, sequential=cfg.sequential, looks=seq.looks if cfg.sequential else 1,
         cost_vs_epoch=cost_ratio,
         per_prompt=[float(v.mean()) for v in clusters],
+        skipped_too_long=len(too_long),
     )

@@ -7,7 +7,11 @@
 Every stage writes its artifact atomically into `run_dir/iter_k/` and is then recorded in
 `state.json`; a re-run of the same config skips recorded stages and reloads their artifacts.
 Every stage draws its randomness from (seed, iteration, stage), so a resumed run produces
-exactly the numbers an uninterrupted one would.
+exactly the numbers an uninterrupted one would. A run holds `artifacts.RunLock` on its directory
+and first cleans what a killed predecessor left (`artifacts.recover`). Prompts too long for the
+initial policy's context (prompt tokens + generation.max_new_tokens) are skipped and counted in
+`run_dir/data.json` (with the loader's skip counts); a split left empty is an error naming a prompt.
+Training truncates prompt + answer to the context when `training.max_length` is not set.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from stagealign import artifacts
-from stagealign.boundary import BoundaryResult, measure
+from stagealign.boundary import BoundaryResult, context_length, fit_context, measure
 from stagealign.config import ConfigError, RunConfig, dump_config
 from stagealign.data.pairs import make_pairs, score_sets
 from stagealign.data.schema import CandidateSet, PreferencePair
 from stagealign.evaluate import evaluate
 from stagealign.generation.hf import sample
+from stagealign.judges.base import JudgeError
 from stagealign.policy import Policy, load_policy
 from stagealign.providers import Provider, build_provider
 from stagealign.schedule import Choice, choose, parse_path
@@ -70,7 +75,8 @@ class Run:
     def _check_config(self) -> None:
         text = dump_config(self.cfg)
         path = self.dir / "config.yaml"
-        if path.is_file():
+        # until a stage is recorded, a corrected config (after a bad-input error) may replace the old one
+        if path.is_file() and self.state_path.is_file():
             if path.read_text(encoding="utf-8") != text:
                 raise ConfigError(
                     f"{self.dir}: this run directory holds a run with a different config (see {path}); "
@@ -82,7 +88,33 @@ class Run:
     def provider(self) -> Provider:
         if self._provider is None:
             self._provider = build_provider(self.cfg, log=self.ui.log)
+            try:
+                self._fit_context(self._provider)
+            except BaseException:
+                self._provider = None
+                raise
         return self._provider
+
+    def _fit_context(self, p: Provider) -> None:
+        """Drop prompts the initial policy cannot read and still answer; record counts in data.json."""
+        policy, new = self.policy(0), self.cfg.generation.max_new_tokens
+        skipped, long_ids, limit = dict(p.skipped), [], None
+        for split in ("train", "probe", "eval"):
+            kept, too_long, limit = fit_context(policy, getattr(p, split), new)
+            if too_long and not kept:
+                pid, n = too_long[0]
+                raise ValueError(f"all {len(too_long)} {split} prompts are too long for the policy's context of "
+                                 f"{limit + new} tokens with generation.max_new_tokens={new} (prompt id {pid!r} "
+                                 f"has {n} tokens)")
+            setattr(p, split, kept)
+            long_ids += [pid for pid, _ in too_long]
+        if long_ids:
+            skipped["prompt_too_long"] = len(long_ids)
+            self.ui.log(f"[data] skipped {len(long_ids)} prompts longer than {limit} tokens (context minus "
+                        f"max_new_tokens), e.g. prompt id {long_ids[0]!r}; see {self.dir / 'data.json'}")
+        artifacts.write_json(self.dir / "data.json", {
+            "prompts": {s: len(getattr(p, s)) for s in ("train", "probe", "eval")}, "skipped": skipped,
+            "max_prompt_tokens": limit, "prompt_too_long_ids": long_ids[:20]})
 
     def policy_dir(self, k: int) -> str:
         return self.provider.initial_policy if k == 0 else str(self.dir / f"iter_{k}" / "model")
@@ -125,7 +157,16 @@ class Run:
 
     # ---- the loop ---------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise artifacts.ArtifactError(
+                f"{self.dir}: cannot create the run directory ({exc.strerror or exc})") from exc
+        with artifacts.RunLock(self.dir):
+            artifacts.recover(self.dir)
+            return self._execute()
+
+    def _execute(self) -> dict[str, Any]:
         self._check_config()
         if self.cfg.report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
@@ -152,11 +193,16 @@ class Run:
         path = self.dir / f"iter_{k}" / f"{name}.json"
         if key in self.done() and path.is_file():
             return artifacts.read_json(path)
+        artifacts.fault(f"{key}:before")  # test-only kill points, see artifacts.fault
         t0 = time.perf_counter()
-        result = fn(k)
+        try:
+            result = fn(k)
+        except JudgeError as exc:
+            raise JudgeError(f"iteration {k}, stage {name}: {exc}") from exc
         result = {} if result is None else result
         result.setdefault("_seconds", time.perf_counter() - t0)
         artifacts.write_json(path, result)
+        artifacts.fault(f"{key}:after-artifact")
         self._mark(key)
         if self._tb is not None:
             for tag, value in _scalars(result):
@@ -233,10 +279,14 @@ class Run:
                              prompt_template=cfg.policy.prompt_template if k == 1 else None)
         ref = self.policy(0) if cfg.training.reference == "initial" and k > 1 else None
         work = self.dir / f"iter_{k}" / "work"
+        tcfg = cfg.training
+        if tcfg.max_length is None and (ctx := context_length(policy)) is not None:
+            tcfg = tcfg.model_copy(update={"max_length": ctx})  # a pool answer may not fit the context either
         with self.ui.task(f"iter {k}: {cfg.training.method} training", total=None) as adv:
-            res = train_preference(policy, [PreferencePair.from_row(r).to_row() for r in rows], cfg.training,
+            res = train_preference(policy, [PreferencePair.from_row(r).to_row() for r in rows], tcfg,
                                    seed=stage_seed(cfg.seed, k, "train"), work_dir=work, ref_policy=ref,
-                                   report_to=cfg.report_to, where=f"iteration {k}", progress=adv)
+                                   report_to=cfg.report_to, where=f"iteration {k}", progress=adv,
+                                   lora=cfg.policy.lora)
         policy.save(self.dir / f"iter_{k}" / "model")
         self.ui.log(f"[iter_{k}/train] {res.steps} steps on {res.pairs} pairs, loss {res.final_loss:.4f}, "
                     f"{res.seconds:.1f}s")

@@ -197,7 +197,8 @@ def load_pool(
     sets: dict[str, CandidateSet] = {}
     labels: dict[str, tuple[int, int]] = {}
     label_pairs: dict[str, list[tuple[int, int]]] = {}
-    for pid, group in groups.items():
+    for pid in list(groups):  # pop as we go: a group (with its answer index) is freed once converted,
+        group = groups.pop(pid)  # so the pool is not held twice at the end of a large load
         if limit is not None and len(sets) >= limit:
             break
         if len(group.candidates) < min_candidates:
@@ -215,8 +216,8 @@ def load_pool(
                         "score; scores dropped")
         prompts.append(Prompt(id=pid, text=group.text))
         sets[pid] = CandidateSet(
-            prompt_id=pid, prompt=group.text, candidates=list(group.candidates),
-            sources=list(group.sources), origin="static", iteration=0, scores=scores,
+            prompt_id=pid, prompt=group.text, candidates=group.candidates,
+            sources=group.sources, origin="static", iteration=0, scores=scores,
         )
         if group.pairs:
             labels[pid] = group.pairs[0]

@@ -10,7 +10,7 @@ the others (a Borda/Copeland score), which is how multi-candidate sets are ranke
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -18,36 +18,59 @@ from stagealign.data.schema import CandidateSet, PreferencePair
 from stagealign.judges.base import Judge
 
 
-def score_sets(sets: list[CandidateSet], judge: Judge) -> None:
-    """Fill `scores` of every set in place, one batched judge call for all candidates."""
+#: Candidates (scalar judges) or comparisons (pairwise judges) per judge call in `score_sets`.
+SCORE_CHUNK = 4096
+
+
+def _chunks(sets: list[CandidateSet], size, limit: int) -> Iterator[list[CandidateSet]]:
+    """Consecutive runs of sets holding about `limit` units each (a set is never split)."""
+    chunk, n = [], 0
+    for s in sets:
+        chunk.append(s)
+        n += size(s)
+        if n >= limit:
+            yield chunk
+            chunk, n = [], 0
+    if chunk:
+        yield chunk
+
+
+def score_sets(sets: list[CandidateSet], judge: Judge, *, chunk: int = SCORE_CHUNK) -> None:
+    """Fill `scores` of every set in place, in judge calls of about `chunk` candidates.
+
+    Chunking bounds the memory of one call (the flat lists here and whatever the judge builds
+    from them) whatever the pool size; it does not change any score.
+    """
     todo = [s for s in sets if s.scores is None]
     if not todo:
         return
     if not judge.pairwise_only:
-        prompts = [s.prompt for s in todo for _ in s.candidates]
-        answers = [c for s in todo for c in s.candidates]
-        flat = judge.score(prompts, answers).tolist()
-        i = 0
-        for s in todo:
-            s.scores = flat[i:i + len(s.candidates)]
-            i += len(s.candidates)
+        for part in _chunks(todo, lambda s: len(s.candidates), chunk):
+            prompts = [s.prompt for s in part for _ in s.candidates]
+            answers = [c for s in part for c in s.candidates]
+            flat = judge.score(prompts, answers).tolist()
+            i = 0
+            for s in part:
+                s.scores = flat[i:i + len(s.candidates)]
+                i += len(s.candidates)
         return
-    prompts, a, b, where = [], [], [], []
-    for si, s in enumerate(todo):
-        n = len(s.candidates)
-        for i in range(n):
-            for j in range(i + 1, n):
-                prompts.append(s.prompt)
-                a.append(s.candidates[i])
-                b.append(s.candidates[j])
-                where.append((si, i, j))
-    p = judge.prob(prompts, a, b) if a else np.zeros(0)
-    wins = [np.zeros(len(s.candidates)) for s in todo]
-    for (si, i, j), pij in zip(where, p):
-        wins[si][i] += pij
-        wins[si][j] += 1.0 - pij
-    for s, w in zip(todo, wins):
-        s.scores = (w / max(len(s.candidates) - 1, 1)).tolist()
+    for part in _chunks(todo, lambda s: len(s.candidates) * (len(s.candidates) - 1) // 2, chunk):
+        prompts, a, b, where = [], [], [], []
+        for si, s in enumerate(part):
+            n = len(s.candidates)
+            for i in range(n):
+                for j in range(i + 1, n):
+                    prompts.append(s.prompt)
+                    a.append(s.candidates[i])
+                    b.append(s.candidates[j])
+                    where.append((si, i, j))
+        p = judge.prob(prompts, a, b) if a else np.zeros(0)
+        wins = [np.zeros(len(s.candidates)) for s in part]
+        for (si, i, j), pij in zip(where, p):
+            wins[si][i] += pij
+            wins[si][j] += 1.0 - pij
+        for s, w in zip(part, wins):
+            s.scores = (w / max(len(s.candidates) - 1, 1)).tolist()
 
 
 def make_pairs(sets: Iterable[CandidateSet], *, rule: str = "max-min", min_margin: float = 0.0,

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 
 class JudgeError(ValueError):
-    """A judge returned something unusable (wrong length, NaN, infinity)."""
+    """A judge failed or returned something unusable (not numbers, wrong length, NaN, infinity)."""
 
 
 def _checked(values: np.ndarray, n: int, what: str, judge: str) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    try:
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise JudgeError(f"judge {judge!r} returned {what} that are not numbers ({exc})") from None
     if values.shape[0] != n:
         raise JudgeError(f"judge {judge!r} returned {values.shape[0]} {what} for {n} inputs")
     bad = ~np.isfinite(values)
@@ -77,7 +80,13 @@ class CallableJudge(Judge):
         self.temperature = temperature
 
     def _score(self, prompts: list[str], answers: list[str]) -> np.ndarray:
-        return np.asarray(self.fn(prompts, answers), dtype=np.float64)
+        try:
+            out = self.fn(prompts, answers)
+        except Exception as exc:  # the user's function: name it and what it raised (--debug shows where)
+            raise JudgeError(f"judge {self.name!r} raised {type(exc).__name__}: {exc}") from exc
+        if isinstance(out, Iterator):  # a generator of scores
+            out = list(out)
+        return out  # checked (numbers, length, finite) by Judge.score
 
 
 def load_callable(spec: str) -> Callable:

@@ -33,6 +33,7 @@ def trainer_kwargs(*, seed: int, report_to: str, logging_dir: str | None, output
         disable_tqdm=True,
         activation_checkpointing=False,  # tiny and CPU models: recomputation only costs time
         dataloader_num_workers=0,
+        logging_nan_inf_filter=False,  # the default hides NaN/inf step losses from the logs we check
     )
     if logging_dir and report_to == "tensorboard":
         kw["logging_dir"] = logging_dir
@@ -44,10 +45,38 @@ class NumericsError(RuntimeError):
 
 
 class FiniteLossCallback(TrainerCallback):
-    """Stop with a clear message on the first non-finite logged loss, naming the step."""
+    """Stop with a clear message naming the step on the first non-finite gradient or logged loss.
+
+    Gradients are checked before every optimizer step (after clipping, which turns a NaN norm
+    into NaN gradients), so the weights are never updated with NaN/inf; a non-finite loss
+    always gives non-finite gradients, and the logged loss and grad_norm are checked as well.
+    With fp16 loss scaling, inf gradients are expected now and then (the scaler skips the step),
+    so only the logs are checked there.
+    """
 
     def __init__(self, where: str):
         self.where = where
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if model is None or getattr(args, "fp16", False):
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        try:
+            norms = torch._foreach_norm(grads) if hasattr(torch, "_foreach_norm") else [g.norm() for g in grads]
+            total = float(torch.stack([n.float().to(norms[0].device) for n in norms]).sum())
+        except (RuntimeError, TypeError):  # sharded/distributed gradient types: the logs are still checked
+            return
+        if not math.isfinite(total):
+            raise NumericsError(f"{self.where}: non-finite gradients (norm {total}) at step "
+                                f"{state.global_step + 1}: the loss is NaN or infinite there "
+                                "(try a lower training.learning_rate)")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        from stagealign.artifacts import fault
+
+        fault(f"train-step:{state.global_step}")  # test-only kill point, see artifacts.fault
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "train_loss", "grad_norm"):

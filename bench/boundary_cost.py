@@ -1,0 +1,119 @@
+"""Sequential vs fixed boundary probes: same decision, at what cost?
+
+For checkpoints of the synthetic world (the three initial policies and, for each, the
+checkpoints after one static and one on-policy iteration) and several sampling seeds, this
+measures the boundary score with a fixed probe of `--probe` prompts (2,000 as in the paper),
+then replays the sequential rule (`stats.SequentialProbe`: batches of `--batch` prompts,
+Bonferroni-corrected interim intervals, stop once the interval excludes the threshold) on the
+same per-prompt votes in the same order. With equal answers per prompt, the clustered estimate
+depends only on per-prompt means, so the replay is exactly what sequential mode computes on
+those answers (sequential mode in `boundary.measure` would draw fresh answers per look,
+statistically the same).
+
+Reports: agreement of the decisions (share of cases, Wilson 95% CI), agreement among cases
+where the fixed probe is decided (not "uncertain"), mean cost of sequential as a share of the
+fixed probe, and both probes' cost as a share of one training epoch on the large scale's 8,192
+training prompts (policy token passes, see `BoundaryResult.cost_vs_epoch`) next to the
+paper's 3.2%. The checkpoints themselves are trained at the default scale to keep this quick. Writes bench/results/boundary_cost.json.
+
+    python bench/boundary_cost.py --seeds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from stagealign import artifacts
+from stagealign.boundary import measure
+from stagealign.config import load_config
+from stagealign.pipeline import Run
+from stagealign.policy import load_policy
+from stagealign.providers import build_provider
+from stagealign.stats import SequentialProbe, proportion_ci
+from stagealign.training.common import quiet_libraries
+
+
+def checkpoints(out: Path, policies: list[str], scale: str) -> list[tuple[str, str, str]]:
+    """(name, policy testbed name, checkpoint dir) for initial and one-iteration checkpoints."""
+    found = []
+    for pol in policies:
+        for src in ("off", "on"):
+            cfg = load_config(None, [f"run_dir={out / 'ckpt' / pol / src}", f"policy.testbed={pol}",
+                                     f"world.scale={scale}", "iterations=1", "schedule.kind=path",
+                                     f"schedule.path={src}", "boundary.enabled=false"])
+            Run(cfg).execute()
+            if src == "off":
+                found.append((f"{pol}@0", pol, Run(cfg).policy_dir(0)))
+            found.append((f"{pol}@1-{src}", pol, str(Path(cfg.run_dir) / "iter_1" / "model")))
+    return found
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--policies", nargs="+", default=["weak", "boundary", "strong"])
+    ap.add_argument("--probe", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--min-prompts", type=int, default=32)
+    ap.add_argument("--out", default="runs/bench-boundary")
+    args = ap.parse_args()
+    quiet_libraries()
+    t0 = time.time()
+    out = Path(args.out)
+    cases = []
+    for name, pol, ckpt in checkpoints(out, args.policies, "default"):
+        cfg = load_config(None, [f"run_dir={out / 'probe'}", f"policy.testbed={pol}", "world.scale=large",
+                                 f"boundary.probe_prompts={args.probe}", "boundary.sequential=false"])
+        prov = build_provider(cfg, log=lambda m: None)
+        policy = load_policy(ckpt)
+        for seed in args.seeds:
+            fixed = measure(policy, prov.probe, prov.pool, prov.judge, cfg.boundary, cfg.generation, seed=seed,
+                            train_prompts=len(prov.train))  # an epoch at research scale
+            votes = np.array(fixed.per_prompt)
+            seq = SequentialProbe(max_clusters=len(votes), batch_size=args.batch, threshold=cfg.boundary.threshold,
+                                  level=cfg.boundary.level, min_clusters=args.min_prompts)
+            for start in range(0, len(votes), args.batch):
+                seq.add(votes[start:start + args.batch])
+                if seq.done:
+                    break
+            used = seq.n_clusters
+            case = {"checkpoint": name, "seed": seed, "bs_fixed": fixed.bs, "lo": fixed.lo, "hi": fixed.hi,
+                    "decision_fixed": fixed.decision, "decision_sequential": seq.decision(),
+                    "bs_sequential": float(seq.estimate.mean), "prompts_sequential": used,
+                    "prompts_fixed": fixed.prompts, "cost_share": used / fixed.prompts,
+                    "fixed_cost_vs_epoch": fixed.cost_vs_epoch,
+                    "sequential_cost_vs_epoch": fixed.cost_vs_epoch * used / fixed.prompts,
+                    "fixed_seconds": fixed.seconds}
+            cases.append(case)
+            print(f"{name:18s} seed {seed}: fixed {fixed.bs:.3f} {fixed.decision:11s} | sequential "
+                  f"{case['bs_sequential']:.3f} {case['decision_sequential']:11s} after {used} prompts", flush=True)
+    agree = np.array([c["decision_fixed"] == c["decision_sequential"] for c in cases], dtype=float)
+    decided = [c for c in cases if c["decision_fixed"] != "uncertain"]
+    agree_decided = np.array([c["decision_fixed"] == c["decision_sequential"] for c in decided], dtype=float)
+    summary = {
+        "cases": len(cases),
+        "agreement": proportion_ci(agree).to_dict(json_safe=True),
+        "decided_cases": len(decided),
+        "agreement_decided": proportion_ci(agree_decided).to_dict(json_safe=True) if decided else None,
+        "mean_cost_share": float(np.mean([c["cost_share"] for c in cases])),
+        "max_cost_share": float(np.max([c["cost_share"] for c in cases])),
+        "fixed_cost_vs_epoch": float(np.mean([c["fixed_cost_vs_epoch"] for c in cases])),
+        "sequential_cost_vs_epoch": float(np.mean([c["sequential_cost_vs_epoch"] for c in cases])),
+        "paper_cost_vs_epoch": 0.032,
+        "goals": {"agreement>=0.95": bool(agree.mean() >= 0.95), "cost_share<=1/3": bool(
+            np.mean([c["cost_share"] for c in cases]) <= 1 / 3)},
+    }
+    artifacts.write_json(Path("bench/results/boundary_cost.json"), {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
+        "args": vars(args), "seconds": time.time() - t0, "summary": summary, "cases": cases})
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
