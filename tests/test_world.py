@@ -81,3 +81,15 @@ def test_world_config_rejects_bad_values():
         WorldConfig(bt_temperature=0)
     with pytest.raises(ValueError):
         WorldConfig(n_wrods=3)
+
+
+def test_scale_must_fit_the_prompt_grid_so_splits_never_overlap():
+    with pytest.raises(ValueError, match="needs 11216 distinct prompts"):
+        WorldConfig(scale="large")
+    w = World(WorldConfig(scale="large", n_modifiers=40))
+    tr, pr, ev = (set(w.prompts(s)) for s in ("train", "probe", "eval"))
+    assert len(tr) == 8192 and len(pr) == 2000 and not (tr & pr) and not (tr & ev) and not (pr & ev)
+
+
+def test_fingerprint_depends_on_scale():
+    assert WorldConfig(scale="small").fingerprint() != WorldConfig(scale="default").fingerprint()

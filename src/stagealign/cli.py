@@ -41,7 +41,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from stagealign.training.common import NumericsError
 
     errors: list[type[BaseException]] = [ConfigError, ArtifactError, JudgeError, PolicyError, NumericsError,
-                                         FileNotFoundError, ValueError]
+                                         OSError, ValueError]
     try:
         from stagealign.data.loaders import LoaderError
 

@@ -95,7 +95,7 @@ class TrainingConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    max_length: int | None = Field(None, ge=8, description="truncate prompt+answer tokens (default: no truncation)")
+    max_length: int | None = Field(None, ge=8, description="truncate prompt+answer tokens (default: the policy's context length)")
     reference: Literal["previous", "initial"] = "previous"
     precompute_ref_log_probs: bool = True
 

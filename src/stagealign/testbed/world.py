@@ -97,7 +97,7 @@ SCALES: dict[str, dict[str, int]] = {
     # prompts per split; small runs in seconds for tests, large is research size on a GPU
     "small": {"train": 256, "probe": 64, "eval": 128},
     "default": {"train": 1024, "probe": 256, "eval": 256},
-    "large": {"train": 8192, "probe": 2000, "eval": 1024},
+    "large": {"train": 8192, "probe": 2000, "eval": 1024},  # needs n_modifiers >= 38 with 8 families
 }
 
 
@@ -131,11 +131,18 @@ class WorldConfig(_Strict):
             raise ValueError("target_len must not exceed max_answer_words")
         if self.n_phrases * 2 > self.n_words:
             raise ValueError("n_phrases * 2 must not exceed n_words")
+        need = sum(SCALES[self.scale].values())
+        have = self.n_families * self.n_modifiers * (self.n_modifiers - 1)
+        if need > have:
+            raise ValueError(
+                f"scale {self.scale!r} needs {need} distinct prompts (train + probe + eval must not overlap) "
+                f"but n_families x n_modifiers x (n_modifiers - 1) = {have}; raise n_modifiers or n_families")
         return self
 
     def fingerprint(self) -> str:
-        """Hash of everything that shapes the world's models (used as the cache key)."""
-        blob = json.dumps(self.model_dump(exclude={"scale"}), sort_keys=True)
+        """Hash of everything that shapes the world's models (used as the cache key); the scale is
+        part of it because the SFT corpora are drawn from the scale's training prompts."""
+        blob = json.dumps(self.model_dump(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -213,10 +220,6 @@ class World:
         all_prompts = self._all_prompts
         start = sum(sizes[s] for s in order[: order.index(split)])
         count = sizes[split] if n is None else min(n, sizes[split])
-        if start + count > len(all_prompts):
-            # large scales reuse the (family, modifier) grid with repetition allowed only across splits
-            reps = -(-(start + count) // len(all_prompts))
-            all_prompts = (all_prompts * reps)
         return all_prompts[start:start + count]
 
     @cached_property
