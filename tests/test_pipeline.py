@@ -1,6 +1,7 @@
 """End to end on the tiny world: artifacts, resume after SIGKILL, determinism."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -121,3 +122,15 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(tmp_path):
     assert _numbers(killed_dir) == _numbers(ref_dir)
     assert artifacts.read_jsonl(killed_dir / "iter_1" / "pairs.jsonl") == artifacts.read_jsonl(
         ref_dir / "iter_1" / "pairs.jsonl")
+
+
+def test_ipo_with_tensorboard_logging(tmp_path):
+    d = tmp_path / "ipo"
+    cfg = tiny_config(d, "policy.testbed=weak", "iterations=1", "schedule.kind=static", "training.method=ipo",
+                      "report_to=tensorboard", "training.reference=initial")
+    s = Run(cfg).execute()
+    assert s["method"] == "ipo" and s["iterations"][0]["source"] == "static"
+    train = artifacts.read_json(d / "iter_1" / "train.json")
+    assert train["steps"] > 0 and all(math.isfinite(h["loss"]) for h in train["log_history"] if "loss" in h)
+    assert list((d / "tensorboard").glob("events.out.tfevents.*")), "pipeline scalars not logged"
+    assert list((d / "iter_1" / "work").rglob("events.out.tfevents.*")), "TRL training not logged"

@@ -633,3 +633,16 @@ def test_memory_bench_smoke(tmp_path):
     g = bench.growth([{"prompts": 10, "phases": {"baseline": {"x": 1.0}, "load": {"x": 2.0}}},
                       {"prompts": 20, "phases": {"baseline": {"x": 1.0}, "load": {"x": 3.0}}}], "load", "x")
     assert g["bytes_per_prompt"] == 2**20 / 10
+
+
+def test_unbounded_intervals_are_written_as_strict_json(tmp_path):
+    """One prompt or one seed gives an infinite interval end; artifacts stay strict JSON (null)."""
+    import numpy as np
+
+    path = tmp_path / "m.json"
+    artifacts.write_json(path, {"lo": -math.inf, "hi": math.inf, "x": np.float32(1.5), "v": np.array([np.nan, 2.0])})
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"lo": None, "hi": None, "x": 1.5, "v": [None, 2.0]}
+    artifacts.write_jsonl(tmp_path / "r.jsonl", [{"s": math.nan}])
+    assert artifacts.read_jsonl(tmp_path / "r.jsonl") == [{"s": None}]

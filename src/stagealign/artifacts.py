@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -194,8 +195,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def finite(obj: Any) -> Any:
+    """JSON has no Infinity or NaN: an unbounded interval end (one seed, one prompt) is written
+    as null so that strict readers (jq, JavaScript, pandas) accept every artifact."""
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy / torch values
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    text = json.dumps(finite(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
+    write_text(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -210,7 +226,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
-            fh.write(json.dumps(row, default=_jsonable, ensure_ascii=False) + "\n")
+            fh.write(json.dumps(finite(row), default=_jsonable, ensure_ascii=False, allow_nan=False) + "\n")
             n += 1
     return n
 

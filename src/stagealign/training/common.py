@@ -12,12 +12,13 @@ import torch
 from transformers import TrainerCallback
 
 
-def trainer_kwargs(*, seed: int, report_to: str, logging_dir: str | None, output_dir: str) -> dict[str, Any]:
+def trainer_kwargs(*, seed: int, report_to: str, output_dir: str) -> dict[str, Any]:
     """Arguments every TRL config here gets.
 
     bf16 stays off on CPU (AVX2 CPUs emulate it slowly and TRL defaults it on); checkpoints
     are not written by the Trainer because the pipeline saves the finished model atomically
-    itself and resumes at stage granularity.
+    itself and resumes at stage granularity. TensorBoard logs land in `output_dir/runs/`
+    (transformers 5 takes the directory from there or from $TENSORBOARD_LOGGING_DIR).
     """
     cuda = torch.cuda.is_available()
     kw: dict[str, Any] = dict(
@@ -35,8 +36,6 @@ def trainer_kwargs(*, seed: int, report_to: str, logging_dir: str | None, output
         dataloader_num_workers=0,
         logging_nan_inf_filter=False,  # the default hides NaN/inf step losses from the logs we check
     )
-    if logging_dir and report_to == "tensorboard":
-        kw["logging_dir"] = logging_dir
     return kw
 
 

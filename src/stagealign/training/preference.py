@@ -98,8 +98,7 @@ def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, s
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         precompute_ref_batch_size=max(cfg.batch_size, 64),
         lr_scheduler_type="linear",
-        **trainer_kwargs(seed=seed, report_to=report_to, logging_dir=str(work_dir / "tb"),
-                         output_dir=str(work_dir / "trainer")),
+        **trainer_kwargs(seed=seed, report_to=report_to, output_dir=str(work_dir / "trainer")),
     )
     callbacks = [FiniteLossCallback(where)]
     if progress is not None:

@@ -26,7 +26,7 @@ def train_sft(policy: Policy, rows: list[dict], *, epochs: float, learning_rate:
         warmup_steps=0.05,
         completion_only_loss=True,
         max_length=None,
-        **trainer_kwargs(seed=seed, report_to="none", logging_dir=None, output_dir=str(work_dir / "sft")),
+        **trainer_kwargs(seed=seed, report_to="none", output_dir=str(work_dir / "sft")),
     )
     quiet_libraries()
     trainer = SFTTrainer(model=policy.model, args=args, train_dataset=data, processing_class=policy.tokenizer,
