@@ -37,12 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stagealign import artifacts
-from stagealign.config import ConfigError, RunConfig, _yaml, apply_overrides, dump_config, format_validation_error, \
-    parse_override
+from stagealign.config import (ConfigError, RunConfig, apply_overrides, format_validation_error, parse_override,
+                               read_yaml_mapping)
 from stagealign.schedule import Choice, choose, parse_path
 from stagealign.ui import NullUI
 
@@ -129,22 +128,7 @@ def load_grid_config(path: str | Path | None, overrides: list[str] | None = None
     `RunConfig`. Overrides starting with `grid.` (e.g. `grid.seeds=[0,1,2]`) go to the grid,
     all others to the run config.
     """
-    data: dict[str, Any] = {}
-    source = "overrides"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            loaded = _yaml(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+    data, source = read_yaml_mapping(path)
     grid = data.pop("grid", None)
     if grid is None:
         grid = {}
@@ -455,7 +439,7 @@ def run_grid(base: RunConfig, spec: GridSpec, out_dir: str | Path | None = None,
 
     out = Path(out_dir if out_dir is not None else base.run_dir)
     cells = grid_cells(base, spec, out)
-    manifest = {"base_config": yaml.safe_load(dump_config(base)), "grid": spec.model_dump(mode="json"),
+    manifest = {"base_config": base.model_dump(mode="json"), "grid": spec.model_dump(mode="json"),
                 "cells": [c.to_dict(out) for c in cells]}
     _merge_manifest(out, manifest)
     ui = ui or NullUI()
