@@ -39,13 +39,18 @@ from stagealign.stats import SequentialProbe, proportion_ci
 from stagealign.training.common import quiet_libraries
 
 
+# The large scale's 11,216 disjoint prompts need 40 modifiers (8 x 40 x 39 prompts); the same
+# world is used at both scales so that probes and checkpoints come from one world.
+WORLD = "world.n_modifiers=40"
+
+
 def checkpoints(out: Path, policies: list[str], scale: str) -> list[tuple[str, str, str]]:
     """(name, policy testbed name, checkpoint dir) for initial and one-iteration checkpoints."""
     found = []
     for pol in policies:
         for src in ("off", "on"):
             cfg = load_config(None, [f"run_dir={out / 'ckpt' / pol / src}", f"policy.testbed={pol}",
-                                     f"world.scale={scale}", "iterations=1", "schedule.kind=path",
+                                     f"world.scale={scale}", WORLD, "iterations=1", "schedule.kind=path",
                                      f"schedule.path={src}", "boundary.enabled=false"])
             Run(cfg).execute()
             if src == "off":
@@ -68,7 +73,7 @@ def main() -> None:
     out = Path(args.out)
     cases = []
     for name, pol, ckpt in checkpoints(out, args.policies, "default"):
-        cfg = load_config(None, [f"run_dir={out / 'probe'}", f"policy.testbed={pol}", "world.scale=large",
+        cfg = load_config(None, [f"run_dir={out / 'probe'}", f"policy.testbed={pol}", "world.scale=large", WORLD,
                                  f"boundary.probe_prompts={args.probe}", "boundary.sequential=false"])
         prov = build_provider(cfg, log=lambda m: None)
         policy = load_policy(ckpt)
