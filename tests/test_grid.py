@@ -235,4 +235,22 @@ def test_grid_metrics_over_seeds_have_intervals(tmp_path):
     assert g["best_path"]["name"] == "path-on"
     assert g["cells"]["path-on"]["final"]["n"] == 3 and g["cells"]["path-on"]["final"]["lo"] is not None
     assert [p["agree"] for p in g["calibration"]] == [True, True, True]
-    assert m["calibration_summary"] == {"points": 3, "agree": 1.0}
+    cs = m["calibration_summary"]
+    assert (cs["points"], cs["agree"], cs["onpolicy_better_share"]) == (3, 1.0, 1.0)
+
+
+def test_calibration_summary_agreement_and_best_threshold():
+    from stagealign.experiments import calibration_summary
+
+    def pt(bs, diff, sig=True):
+        return {"bs": bs, "diff": diff, "significant": sig, "agree": (bs >= 0.5) == (diff > 0)}
+
+    # on-policy gains more from BS 0.3 upwards: 0.5 misclassifies the two points at 0.3 and 0.4
+    points = [pt(0.1, -0.2), pt(0.2, -0.1), pt(0.3, 0.1), pt(0.4, 0.2, sig=False), pt(0.6, 0.3), pt(0.7, 0.2)]
+    s = calibration_summary(points, 0.5)
+    assert s["points"] == 6 and s["agree"] == pytest.approx(4 / 6)
+    assert s["agree_ci"]["lo"] < 4 / 6 < s["agree_ci"]["hi"]
+    assert s["significant_points"] == 5 and s["agree_significant"] == pytest.approx(4 / 5)
+    assert s["best_threshold"] == pytest.approx(0.25) and s["best_threshold_agree"] == 1.0
+    assert s["onpolicy_better_share"] == pytest.approx(4 / 6)
+    assert calibration_summary([], 0.5)["agree"] is None

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import itertools
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -628,8 +629,7 @@ def grid_metrics(out_dir: str | Path, write: bool = True, level: float = 0.95) -
     result = {
         "grid_dir": str(out), "metric": metric, "threshold": threshold, "level": level,
         "groups": groups,
-        "calibration_summary": {"points": len(points),
-                                "agree": sum(p["agree"] for p in points) / len(points) if points else None},
+        "calibration_summary": calibration_summary(points, threshold),
     }
     if write:
         artifacts.write_json(out / METRICS, result)
@@ -658,11 +658,49 @@ def _calibration(gc: list[dict], threshold: float) -> list[dict]:
         on, off = e["onpolicy"], e["static"]
         g_on, g_off = on["after"] - on["before"], off["after"] - off["before"]
         diff = g_on - g_off
+        # both continuations start from the same checkpoint, so diff = after_on - after_off; its
+        # standard error from the two evaluations' prompt-clustered intervals (95%, normal)
+        se = math.hypot(*((r["after_hi"] - r["after_lo"]) / (2 * 1.959964) if r.get("after_hi") is not None
+                          and r.get("after_lo") is not None else math.inf for r in (on, off)))
         points.append({"seed": seed, "checkpoint": _short(list(prefix)), "iteration": len(prefix) + 1,
                        "bs": on["bs"], "bs_lo": on["bs_lo"], "bs_hi": on["bs_hi"], "decision": on["decision"],
                        "static_gain": g_off, "onpolicy_gain": g_on, "diff": diff,
+                       "significant": bool(abs(diff) > 1.959964 * se),
                        "agree": bool((on["bs"] >= threshold) == (diff > 0))})
     return points
+
+
+def calibration_summary(points: list[dict], threshold: float) -> dict[str, Any]:
+    """How often the BS decision picks the source that gained more next, and which threshold would.
+
+    Agreement is a share of checkpoints with a Wilson 95% interval (checkpoints of one seed are
+    not independent across iterations, so read it as descriptive); checkpoints whose gap is
+    significant are counted apart. The best threshold maximises agreement of "on-policy iff
+    BS >= t" over midpoints between observed scores (ties: the one closest to `threshold`);
+    t = 0 means "always on-policy", t = 1 "always static".
+    """
+    from stagealign.stats import proportion_ci
+
+    if not points:
+        return {"points": 0, "agree": None}
+    agree = [float(p["agree"]) for p in points]
+    sig = [p for p in points if p.get("significant")]
+    bs = sorted({p["bs"] for p in points})
+    candidates = [0.0, 1.0] + [(a + b) / 2 for a, b in zip(bs, bs[1:])] + [threshold]
+
+    def acc(t: float, pts: list[dict]) -> float:
+        return sum((p["bs"] >= t) == (p["diff"] > 0) for p in pts) / len(pts)
+
+    best = max(candidates, key=lambda t: (acc(t, points), -abs(t - threshold)))
+    return {
+        "points": len(points), "agree": sum(agree) / len(agree),
+        "agree_ci": proportion_ci(agree).to_dict(json_safe=True),
+        "significant_points": len(sig),
+        "agree_significant": acc(threshold, sig) if sig else None,
+        "onpolicy_better_share": sum(p["diff"] > 0 for p in points) / len(points),
+        "best_threshold": best, "best_threshold_agree": acc(best, points),
+        "best_threshold_agree_significant": acc(best, sig) if sig else None,
+    }
 
 
 def _depth(checkpoint: str) -> int:

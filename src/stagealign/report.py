@@ -148,13 +148,23 @@ def bs_table(m: dict) -> str:
 def calibration_table(m: dict) -> str:
     """Does the boundary score at a checkpoint predict which source gains more next?"""
     lines = ["| policy | method | seed | checkpoint | next iteration | BS [95% CI] | stage | static gain "
-             "| on-policy gain | on - off | BS agrees |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| on-policy gain | on - off | gap significant | BS agrees |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in m["groups"]:
         for p in g["calibration"]:
             lines.append(f"| {g['policy']} | {g['method']} | {p['seed']} | {p['checkpoint']} | {p['iteration']} "
                          f"| {p['bs']:.3f} [{_f(p['bs_lo'])}, {_f(p['bs_hi'])}] | {p['decision'] or '-'} "
                          f"| {p['static_gain']:+.3f} | {p['onpolicy_gain']:+.3f} | {p['diff']:+.3f} "
-                         f"| {'yes' if p['agree'] else 'no'} |")
+                         f"| {'yes' if p.get('significant') else 'no'} | {'yes' if p['agree'] else 'no'} |")
+    cs = m["calibration_summary"]
+    if cs.get("points") and "agree_ci" in cs:
+        ci = cs["agree_ci"]
+        sig = cs["agree_significant"]
+        lines += ["", f"BS decision (threshold {m['threshold']}) picks the source that gained more at "
+                      f"{cs['agree']:.0%} of {cs['points']} checkpoints (95% CI {_f(ci['lo'])}..{_f(ci['hi'])}); "
+                      f"at {'-' if sig is None else f'{sig:.0%}'} of the {cs['significant_points']} checkpoints "
+                      f"whose gap is significant. On-policy data gained more at {cs['onpolicy_better_share']:.0%}. "
+                      f"The threshold that best separates the cases is {cs['best_threshold']:.3f} "
+                      f"(agreement {cs['best_threshold_agree']:.0%}; 0 = always on-policy, 1 = always static)."]
     return "\n".join(lines)
 
 
