@@ -93,3 +93,29 @@ def test_scale_must_fit_the_prompt_grid_so_splits_never_overlap():
 
 def test_fingerprint_depends_on_scale():
     assert WorldConfig(scale="small").fingerprint() != WorldConfig(scale="default").fingerprint()
+
+
+def test_controlled_single_source_pool_trades_diversity_for_quality():
+    """The paper's de-confounding pool: one strong writer x 4 samples vs four different writers."""
+    from stagealign.data.diagnostics import diagnose_sets
+    from stagealign.data.schema import Prompt
+    from stagealign.providers import static_pool
+    from stagealign.testbed.judges import GroundTruthJudge
+    from stagealign.data.pairs import score_sets
+
+    multi_cfg = WorldConfig(scale="small")
+    best = max(multi_cfg.pool, key=lambda w: w.quality)
+    single_cfg = multi_cfg.model_copy(update={"pool": [best], "pool_samples": 4})
+    assert single_cfg.fingerprint() == multi_cfg.fingerprint()  # same initial policies
+    out = {}
+    for name, cfg in (("multi", multi_cfg), ("single", single_cfg)):
+        world = World(cfg)
+        prompts = [Prompt(str(i), t) for i, t in enumerate(world.prompts("train")[:100])]
+        sets = list(static_pool(world, prompts).values())
+        score_sets(sets, GroundTruthJudge(world))
+        out[name] = (sets, diagnose_sets(sets))
+    single_sets, single = out["single"]
+    multi_sets, multi = out["multi"]
+    assert {src for s in single_sets for src in s.sources} == {best.name}
+    assert single["ngram_diversity"]["mean"] < multi["ngram_diversity"]["mean"]
+    assert single["quality_mean"]["mean"] > multi["quality_mean"]["mean"]

@@ -63,14 +63,20 @@ def _testbed(cfg: RunConfig, log) -> Provider:
 
 
 def static_pool(world, prompts: list[Prompt]) -> dict[str, CandidateSet]:
-    """One answer per pool writer per prompt, fixed by the world's seed (a dataset, not a run)."""
+    """`pool_samples` answers per pool writer per prompt, fixed by the world's seed (a dataset, not
+    a run). Duplicate answers of one prompt are kept once."""
     rng = np.random.default_rng(world.cfg.seed + 104729)
     texts = [p.text for p in prompts]
-    per_writer = [world.write(w, texts, 1, rng) for w in world.cfg.pool]
+    k = world.cfg.pool_samples
+    per_writer = [(w.name, world.write(w, texts, k, rng)) for w in world.cfg.pool]
     pool = {}
     for i, p in enumerate(prompts):
-        pool[p.id] = CandidateSet(prompt_id=p.id, prompt=p.text, candidates=[a[i][0] for a in per_writer],
-                                  sources=[w.name for w in world.cfg.pool], origin="static")
+        answers = {}
+        for name, written in per_writer:
+            for a in written[i]:
+                answers.setdefault(a, name)
+        pool[p.id] = CandidateSet(prompt_id=p.id, prompt=p.text, candidates=list(answers),
+                                  sources=list(answers.values()), origin="static")
     return pool
 
 

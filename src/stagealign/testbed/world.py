@@ -119,6 +119,8 @@ class WorldConfig(_Strict):
     invalid_penalty: float = Field(1.0, ge=0.0, le=5.0)
     bt_temperature: float = Field(0.5, gt=0.0, le=10.0, description="tau of P*; lower = sharper preferences")
     pool: list[WriterSpec] = Field(default_factory=_default_pool, min_length=1)
+    pool_samples: int = Field(1, ge=1, le=16, description="answers per pool writer per prompt; one writer x K "
+                              "samples is the paper's controlled single-source pool (quality without diversity)")
     policies: dict[str, PolicySpec] = Field(default_factory=_default_policies)
     model: ModelSpec = Field(default_factory=ModelSpec)
 
@@ -140,9 +142,10 @@ class WorldConfig(_Strict):
         return self
 
     def fingerprint(self) -> str:
-        """Hash of everything that shapes the world's models (used as the cache key); the scale is
-        part of it because the SFT corpora are drawn from the scale's training prompts."""
-        blob = json.dumps(self.model_dump(), sort_keys=True)
+        """Hash of everything that shapes the world's initial policies (their cache key): the scale
+        is part of it because the SFT corpora are drawn from the scale's training prompts; the
+        static pool is not, since no policy is trained on it."""
+        blob = json.dumps(self.model_dump(exclude={"pool", "pool_samples"}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
