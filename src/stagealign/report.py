@@ -258,7 +258,13 @@ def plot_reward_paths(m: dict, path: Path) -> Path:
         ax.set_ylabel(_metric_name(m))
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{_metric_name(m).capitalize()} along each data path ({_seeds_note(m)})")
+    return _finish_panels(fig, plt, axes, f"{_metric_name(m).capitalize()} along each data path "
+                          f"({_seeds_note(m)})", path)
+
+
+def _finish_panels(fig, plt, axes, title: str, path: Path) -> Path:
+    """Title, one shared legend to the right of the panels, save."""
+    fig.suptitle(title)
     _legend(fig, axes)
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 0.95))
     return _save(fig, plt, path)
@@ -343,10 +349,7 @@ def plot_bs_trajectories(m: dict, path: Path) -> Path:
         ax.set_xlabel("checkpoint (iterations trained)")
         ax.set_ylabel("boundary score (on-policy win share)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Boundary score along each path ({_seeds_note(m)})")
-    _legend(fig, axes)
-    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 0.95))
-    return _save(fig, plt, path)
+    return _finish_panels(fig, plt, axes, f"Boundary score along each path ({_seeds_note(m)})", path)
 
 
 def plot_calibration(m: dict, path: Path) -> Path:
