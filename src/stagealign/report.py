@@ -41,21 +41,25 @@ def _run_name(s: dict) -> str:
     return f"{s['policy']} / {sched}"
 
 
+def markdown_table(columns: list[str], rows: list[list]) -> list[str]:
+    """Header, separator (one per column, so they cannot drift apart) and one line per row."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+        "| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+
+
 def iteration_table(summaries: list[dict]) -> str:
     """One row per iteration of each run: data source chosen, BS with its interval, metric before/after."""
-    head = ("| run | iter | source | BS [95% CI] | stage | pairs | reward before | reward after [95% CI] "
-            "| win vs init | KL |\n|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
+    rows = []
     for s in summaries:
         name = _run_name(s)
         for r in s["iterations"]:
             bs = "-" if r["bs"] is None else f"{r['bs']:.3f} [{r['bs_lo']:.3f}, {r['bs_hi']:.3f}]"
             src = r["source"] if r["source"] != "blend" else f"blend {r['onpolicy_share']:.2f}"
             win = r["win_rate_truth"] if r["win_rate_truth"] is not None else r["win_rate_judge"]
-            lines.append(f"| {name} | {r['iteration']} | {src} | {bs} | {r['decision'] or '-'} | {r['pairs']} "
-                         f"| {_f(r['before'])} | {_f(r['after'])} [{_f(r['after_lo'])}, {_f(r['after_hi'])}] "
-                         f"| {_f(win)} | {_f(r['kl'])} |")
-    return "\n".join(lines)
+            rows.append([name, r["iteration"], src, bs, r["decision"] or "-", r["pairs"], _f(r["before"]),
+                         f"{_f(r['after'])} [{_f(r['after_lo'])}, {_f(r['after_hi'])}]", _f(win), _f(r["kl"])])
+    return "\n".join(markdown_table(["run", "iter", "source", "BS [95% CI]", "stage", "pairs", "reward before",
+                                      "reward after [95% CI]", "win vs init", "KL"], rows))
 
 
 # ============================================================================ grid tables
@@ -77,8 +81,7 @@ def _cell_label(name: str, cell: dict) -> str:
 
 def effectiveness_table(m: dict) -> str:
     """One-iteration gain of static vs on-policy data from the initial policy, and their ratio."""
-    lines = ["| policy | method | seeds | BS of init | static gain | on-policy gain | on/off ratio | on - off |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     dagger = False
     for g in m["groups"]:
         e = g["effectiveness"]
@@ -86,9 +89,10 @@ def effectiveness_table(m: dict) -> str:
         if e["ratio"] is not None and not _positive(e["static_gain"]):
             ratio += " †"
             dagger = True
-        lines.append(f"| {g['policy']} | {g['method']} | {len(g['seeds'])} | {fmt_ci(e['bs0'])} "
-                     f"| {fmt_ci(e['static_gain'])} | {fmt_ci(e['onpolicy_gain'])} "
-                     f"| {ratio} | {fmt_ci(e['diff'])} |")
+        rows.append([g["policy"], g["method"], len(g["seeds"]), fmt_ci(e["bs0"]), fmt_ci(e["static_gain"]),
+                     fmt_ci(e["onpolicy_gain"]), ratio, fmt_ci(e["diff"])])
+    lines = markdown_table(["policy", "method", "seeds", "BS of init", "static gain", "on-policy gain",
+                            "on/off ratio", "on - off"], rows)
     if dagger:
         lines += ["", "† the static gain is <= 0, so the ratio's sign says nothing about which source is better; "
                   "read on - off."]
@@ -102,22 +106,20 @@ def _positive(est: dict | None) -> bool:
 def path_table(m: dict) -> str:
     """Reward at every checkpoint and gain of every iteration, per path / schedule."""
     k = max((len(c["gain"]) for g in m["groups"] for c in g["cells"].values()), default=0)
-    head = "| policy | method | path / schedule | " + " | ".join(f"reward @{i}" for i in range(k + 1)) + " | " + \
-        " | ".join(f"gain it{i}" for i in range(1, k + 1)) + " |"
-    lines = [head, "|" + "---|" * (3 + 2 * k + 1)]
+    columns = (["policy", "method", "path / schedule"] + [f"reward @{i}" for i in range(k + 1)]
+               + [f"gain it{i}" for i in range(1, k + 1)])
+    rows = []
     for g in m["groups"]:
         for name, c in _cells(g):
             rew = [fmt_ci(c["reward"][i]) if i < len(c["reward"]) else "-" for i in range(k + 1)]
             gain = [fmt_ci(c["gain"][i]) if i < len(c["gain"]) else "-" for i in range(k)]
-            lines.append(f"| {g['policy']} | {g['method']} | {_cell_label(name, c)} | " + " | ".join(rew) + " | "
-                         + " | ".join(gain) + " |")
-    return "\n".join(lines)
+            rows.append([g["policy"], g["method"], _cell_label(name, c), *rew, *gain])
+    return "\n".join(markdown_table(columns, rows))
 
 
 def choice_table(m: dict) -> str:
     """Best explicit path by mean final reward; what auto and blend did and their regret."""
-    lines = ["| policy | method | best path | best final | auto path | auto chose best | auto final | auto regret "
-             "| blend on-policy share | blend final | blend regret |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for g in m["groups"]:
         b = g["best_path"] or {}
         a = g["adaptive"].get("auto")
@@ -128,33 +130,30 @@ def choice_table(m: dict) -> str:
             fmt_ci(a["final"]), fmt_ci(a.get("regret"))]
         blend = ["-"] * 3 if bl is None else [
             " -> ".join(f"{x:.2f}" for x in bl["onpolicy_share"]), fmt_ci(bl["final"]), fmt_ci(bl.get("regret"))]
-        lines.append(f"| {g['policy']} | {g['method']} | {b.get('name', '-')} | {fmt_ci(b.get('final'))} | "
-                     + " | ".join(auto) + " | " + " | ".join(blend) + " |")
-    return "\n".join(lines)
+        rows.append([g["policy"], g["method"], b.get("name", "-"), fmt_ci(b.get("final")), *auto, *blend])
+    return "\n".join(markdown_table(["policy", "method", "best path", "best final", "auto path", "auto chose best",
+                                      "auto final", "auto regret", "blend on-policy share", "blend final",
+                                      "blend regret"], rows))
 
 
 def bs_table(m: dict) -> str:
     """Boundary score measured before every iteration (i.e. of checkpoint k-1) along each path."""
     k = max((len(c["bs"]) for g in m["groups"] for c in g["cells"].values()), default=0)
-    lines = ["| policy | method | path / schedule | " + " | ".join(f"BS @{i}" for i in range(k)) + " |",
-             "|" + "---|" * (3 + k)]
-    for g in m["groups"]:
-        for name, c in _cells(g):
-            lines.append(f"| {g['policy']} | {g['method']} | {_cell_label(name, c)} | "
-                         + " | ".join(fmt_ci(c["bs"][i]) if i < len(c["bs"]) else "-" for i in range(k)) + " |")
-    return "\n".join(lines)
+    rows = [[g["policy"], g["method"], _cell_label(name, c),
+             *(fmt_ci(c["bs"][i]) if i < len(c["bs"]) else "-" for i in range(k))]
+            for g in m["groups"] for name, c in _cells(g)]
+    return "\n".join(markdown_table(["policy", "method", "path / schedule"] + [f"BS @{i}" for i in range(k)], rows))
 
 
 def calibration_table(m: dict) -> str:
     """Does the boundary score at a checkpoint predict which source gains more next?"""
-    lines = ["| policy | method | seed | checkpoint | next iteration | BS [95% CI] | stage | static gain "
-             "| on-policy gain | on - off | gap significant | BS agrees |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for g in m["groups"]:
-        for p in g["calibration"]:
-            lines.append(f"| {g['policy']} | {g['method']} | {p['seed']} | {p['checkpoint']} | {p['iteration']} "
-                         f"| {p['bs']:.3f} [{_f(p['bs_lo'])}, {_f(p['bs_hi'])}] | {p['decision'] or '-'} "
-                         f"| {p['static_gain']:+.3f} | {p['onpolicy_gain']:+.3f} | {p['diff']:+.3f} "
-                         f"| {'yes' if p.get('significant') else 'no'} | {'yes' if p['agree'] else 'no'} |")
+    rows = [[g["policy"], g["method"], p["seed"], p["checkpoint"], p["iteration"],
+             f"{p['bs']:.3f} [{_f(p['bs_lo'])}, {_f(p['bs_hi'])}]", p["decision"] or "-", f"{p['static_gain']:+.3f}",
+             f"{p['onpolicy_gain']:+.3f}", f"{p['diff']:+.3f}", "yes" if p.get("significant") else "no",
+             "yes" if p["agree"] else "no"]
+            for g in m["groups"] for p in g["calibration"]]
+    lines = markdown_table(["policy", "method", "seed", "checkpoint", "next iteration", "BS [95% CI]", "stage",
+                            "static gain", "on-policy gain", "on - off", "gap significant", "BS agrees"], rows)
     cs = m["calibration_summary"]
     if cs.get("points") and "agree_ci" in cs:
         ci = cs["agree_ci"]
@@ -170,16 +169,13 @@ def calibration_table(m: dict) -> str:
 
 def diagnostics_table(m: dict) -> str:
     """Diversity (distinct-n, n-gram and edit diversity) vs quality (mean judge score) per candidate source."""
-    lines = ["| policy | method | candidates | sets | distinct-1 | distinct-2 | 2-gram diversity | edit diversity "
-             "| mean quality | quality spread | pairs | pair margin | chosen-rejected edit dist. |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for g in m["groups"]:
-        for r in g["diagnostics"]:
-            lines.append(f"| {g['policy']} | {g['method']} | {r['label']} | {r['sets']} | {_f(r['distinct_1'])} "
-                         f"| {_f(r['distinct_2'])} | {_f(r['ngram_diversity'])} | {_f(r['edit_diversity'])} "
-                         f"| {_f(r['quality_mean'])} | {_f(r['quality_spread'])} | {r['pairs']} | {_f(r['margin'])} "
-                         f"| {_f(r['pair_edit_distance'])} |")
-    return "\n".join(lines)
+    rows = [[g["policy"], g["method"], r["label"], r["sets"], _f(r["distinct_1"]), _f(r["distinct_2"]),
+             _f(r["ngram_diversity"]), _f(r["edit_diversity"]), _f(r["quality_mean"]), _f(r["quality_spread"]),
+             r["pairs"], _f(r["margin"]), _f(r["pair_edit_distance"])]
+            for g in m["groups"] for r in g["diagnostics"]]
+    return "\n".join(markdown_table(["policy", "method", "candidates", "sets", "distinct-1", "distinct-2",
+                                      "2-gram diversity", "edit diversity", "mean quality", "quality spread",
+                                      "pairs", "pair margin", "chosen-rejected edit dist."], rows))
 
 
 # ============================================================================ plots
