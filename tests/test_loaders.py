@@ -137,6 +137,17 @@ def test_generic_one_response_per_row(tmp_path):
     assert p.candidates == ["a", "b"] and p.sources == ["m1", "m2"] and p.scores == [0.5, 0.7]
 
 
+def test_reference_answers_travel_with_their_prompts(tmp_path):
+    rows = [{"prompt": "P", "responses": ["a", "b"], "reference": "the reference"},
+            {"prompt": "Q", "responses": ["a", "b"], "reference": 3},      # not a string: ignored, counted
+            {"prompt": "R", "responses": ["a", "b"]}]
+    pool = load_pool(write_jsonl(tmp_path / "g.jsonl", rows))
+    assert [p.reference for p in pool.prompts] == ["the reference", None, None]
+    assert pool.skipped == {"bad_reference": 1}
+    save_pool(pool, tmp_path / "saved.jsonl")  # the run-dir copy of the pool keeps them
+    assert [p.reference for p in read_pool(tmp_path / "saved.jsonl").prompts] == ["the reference", None, None]
+
+
 def test_parquet_via_pandas(tmp_path):
     pd = pytest.importorskip("pandas")
     path = tmp_path / "pool.parquet"

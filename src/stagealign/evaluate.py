@@ -24,6 +24,16 @@ def _est(clusters: list[np.ndarray], bounded: bool) -> dict:
     return {"mean": e.mean, "lo": e.lo, "hi": e.hi}
 
 
+def _win_rate(judge: Judge, prompts: list[Prompt], answers: list[list[str]], refs: dict[str, str]) -> dict | None:
+    """P(answer beats the prompt's reference), clustered by prompt; prompts without one are left out."""
+    rows = [(p.text, a, refs[p.id]) for p, a in zip(prompts, answers) if p.id in refs and a]
+    if not rows:
+        return None
+    flat = [(t, x, r) for t, a, r in rows for x in a]
+    probs = np.asarray(judge.prob(*map(list, zip(*flat))), dtype=float)
+    return _est(np.split(probs, np.cumsum([len(a) for _, a, _ in rows])[:-1]), bounded=True)
+
+
 def evaluate(policy: Policy, prompts: list[Prompt], judge: Judge, cfg: EvalConfig, gen: GenerationConfig, *,
              seed: int, truth: Judge | None = None, reference: dict[str, list[str]] | None = None,
              initial: Policy | None = None) -> tuple[dict, dict[str, list[str]]]:
@@ -44,13 +54,12 @@ def evaluate(policy: Policy, prompts: list[Prompt], judge: Judge, cfg: EvalConfi
         metrics["judge_score"] = _est(per_prompt(judge.score(flat_p, flat_a)), bounded=False)
     if truth is not None:
         metrics["reward"] = _est(per_prompt(truth.score(flat_p, flat_a)), bounded=False)
-    if reference is not None:
-        refs = [(p.text, x, r) for p, a in zip(prompts, answers) for x in a for r in reference.get(p.id, [])[:1]]
-        if refs:
-            rp, ra, rr = map(list, zip(*refs))
-            metrics["win_rate_judge"] = _est(per_prompt(judge.prob(rp, ra, rr)), bounded=True)
-            if truth is not None:
-                metrics["win_rate_truth"] = _est(per_prompt(truth.prob(rp, ra, rr)), bounded=True)
+    against = {"": {p.id: r[0] for p in prompts if (r := (reference or {}).get(p.id))},
+               "_given": {p.id: p.reference for p in prompts if p.reference}}
+    for suffix, refs in against.items():  # vs the initial policy's answers; vs references given with prompts
+        for name, j in (("judge", judge), ("truth", truth)):
+            if j is not None and refs and (w := _win_rate(j, prompts, answers, refs)) is not None:
+                metrics[f"win_rate{suffix}_{name}"] = w
     if initial is not None and cfg.kl:
         lp = np.array(answer_logprobs(policy, flat_p, flat_a))
         lp0 = np.array(answer_logprobs(initial, flat_p, flat_a))

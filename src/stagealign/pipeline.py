@@ -332,6 +332,7 @@ class Run:
                 "after_lo": after[key]["lo"], "after_hi": after[key]["hi"],
                 "win_rate_truth": after.get("win_rate_truth", {}).get("mean"),
                 "win_rate_judge": after.get("win_rate_judge", {}).get("mean"),
+                "win_rate_given_judge": after.get("win_rate_given_judge", {}).get("mean"),
                 "kl": after.get("kl_to_initial", {}).get("mean"),
             })
             before = after

@@ -19,6 +19,10 @@ when ``format="auto"``:
   ``scores`` lists of the same length, or ``prompt`` + ``response`` (one answer per row, optional
   ``model`` / ``score``), rows grouped by prompt.
 
+Any format may carry a reference answer per prompt in a ``reference`` column (a string; the first
+one seen for a prompt is kept). Evaluation reports the win rate against it next to the win rate
+against the initial policy (AlpacaEval-style instructions with a fixed baseline answer).
+
 Prompt ids come from ``id_field`` when given, else ``prompt_id``, else ``id`` (only for the
 formats with one row per prompt, where ``id`` cannot be a per-row id), else a stable short hash
 of the prompt text.
@@ -40,7 +44,8 @@ Bad-input policy (long runs must neither die late nor train on silently mangled 
    as missing), ``chosen_equals_rejected`` (pair not labelled), ``id_conflict`` (one id, two
    prompt texts: row skipped), ``too_few_candidates`` (prompt with fewer than ``min_candidates``
    distinct answers after cleaning: prompt dropped), ``partial_scores`` (only some candidates of
-   a prompt have scores: the prompt's scores are dropped).
+   a prompt have scores: the prompt's scores are dropped), ``bad_reference`` (a ``reference``
+   that is not a non-empty string: the reference ignored, the row kept).
 3. Duplicate answers for one prompt (compared after stripping whitespace) are deduplicated, the
    first occurrence kept; duplicates inside one row (or across rows of one-answer-per-row data)
    are counted as ``duplicate_answer``, never raised, and repeats of an answer across binarized
@@ -71,6 +76,8 @@ logger = logging.getLogger(__name__)
 
 Format = Literal["auto", "ultrafeedback", "binarized", "generic"]
 FORMATS: tuple[str, ...] = ("ultrafeedback", "binarized", "generic")
+#: Optional per-row column holding a reference answer for the prompt (win rate vs reference).
+REFERENCE_FIELD = "reference"
 FILE_SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".parquet")
 UNKNOWN_SOURCE = "unknown"
 
@@ -171,6 +178,13 @@ def load_pool(
                 ctx.problem(loc, "id_conflict", id_field or "id",
                             f"id {pid!r} already used for another prompt text (at {group.loc})")
                 continue
+            if group.reference is None and row.get(REFERENCE_FIELD) is not None:
+                ref = row[REFERENCE_FIELD]
+                if isinstance(ref, str) and ref.strip():
+                    group.reference = ref
+                else:
+                    ctx.problem(loc, "bad_reference", REFERENCE_FIELD,
+                                "reference is not a non-empty string; ignored")
             was_ready = len(group.candidates) >= min_candidates
             idx = []
             for answer, src, score, fld in answers:
@@ -214,7 +228,7 @@ def load_pool(
             ctx.problem(group.loc, "partial_scores", "scores",
                         f"prompt {pid!r}: {len(known)} of {len(group.scores)} answers have a "
                         "score; scores dropped")
-        prompts.append(Prompt(id=pid, text=group.text))
+        prompts.append(Prompt(id=pid, text=group.text, reference=group.reference))
         sets[pid] = CandidateSet(
             prompt_id=pid, prompt=group.text, candidates=group.candidates,
             sources=group.sources, origin="static", iteration=0, scores=scores,
@@ -509,6 +523,7 @@ class _Group:
     sources: list[str] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
     pairs: list[tuple[int, int]] = field(default_factory=list)
+    reference: str | None = None
     _index: dict[str, int] = field(default_factory=dict)
 
     def add(self, answer: str, source: str, score: float | None) -> tuple[int, bool]:
