@@ -9,6 +9,7 @@ summary.json). Intervals are 95% over seeds; with a single seed they are unbound
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 from stagealign import artifacts
@@ -208,8 +209,14 @@ def _line_label(name: str, cell: dict) -> str:
 
 
 def _panel_title(g: dict) -> str:
-    real = [f"{n} took {', '.join(sorted(set(c['realised'])))}" for n, c in _cells(g) if c["kind"] in ("auto", "blend")]
-    return f"{g['policy']} / {g['method']}" + (f"\n({'; '.join(real)})" if real else "")
+    """Policy / method, then what each adaptive schedule chose: its commonest paths with seed counts."""
+    real = []
+    for n, c in _cells(g):
+        if c["kind"] in ("auto", "blend"):
+            counts = Counter(c["realised"]).most_common()
+            shown = ", ".join(f"{p} {k}/{len(c['realised'])}" for p, k in counts[:2])
+            real.append(f"{n}: {shown}" + (f" +{len(counts) - 2} more" if len(counts) > 2 else ""))
+    return "\n".join([f"{g['policy']} / {g['method']}", *real])
 
 
 def _grid_axes(plt, m: dict, width: float = 4.2, height: float = 3.4):
