@@ -27,5 +27,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Every benchmark (bench/run_all.py: training vs plain TRL, sampling, judging, boundary cost, sample
+# efficiency, scaling) at a size that fits 20 minutes on 2 CPU cores; JSON in bench/results/, then the
+# README's Performance table.
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

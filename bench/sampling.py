@@ -12,16 +12,16 @@ Writes bench/results/sampling.json.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
+import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import transformers
 
-from stagealign import artifacts
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import write_result  # noqa: E402
+
 from stagealign.config import load_config
 from stagealign.generation.hf import sample
 from stagealign.policy import load_policy
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None, help="result file (default bench/results/sampling.json)")
     args = ap.parse_args()
     quiet_libraries()
     cfg = load_config(None, ["policy.testbed=weak"])
@@ -66,13 +67,12 @@ def main() -> None:
     answers = args.prompts * args.n
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "threads": torch.get_num_threads(), "args": vars(args), "seconds": times,
         "answers_per_second": {k: answers / v for k, v in med.items()},
         "speedup_batched_over_one_at_a_time": med["one_at_a_time"] / med["batched"], "goal": 3.0,
     }
-    artifacts.write_json(Path("bench/results/sampling.json"), result)
+    result["goal_met"] = bool(result["speedup_batched_over_one_at_a_time"] >= result["goal"])
+    print(f"wrote {write_result('sampling', result, args.out)}")
     print({k: round(v, 1) for k, v in result["answers_per_second"].items()},
           f"speed-up {result['speedup_batched_over_one_at_a_time']:.1f}x (goal >= 3x)")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import cli, tiny_config
-from stagealign.boundary import measure, votes_for
+from stagealign.boundary import measure, votes_for, votes_for_many
 from stagealign.judges import CallableJudge
 from stagealign.policy import load_policy
 from stagealign.providers import build_provider
@@ -23,6 +23,18 @@ def test_votes_count_ties_as_half():
     j = CallableJudge(lambda p, a: [float(len(x)) for x in a], temperature=1e-6)
     v = votes_for(j, "x", ["aa", "b"], ["a", "bb"], hard=True)
     assert v.tolist() == [1.0, 0.5, 0.5, 0.0]
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_votes_of_many_prompts_judged_together_are_the_same_votes(hard):
+    j = CallableJudge(lambda p, a: [len(x) + len(q) for q, x in zip(p, a)])
+    prompts = ["x", "yy", "zzz"]
+    on = [["aa", "b"], ["c"], ["dddd", "e", "ff"]]
+    off = [["a", "bb"], ["cc", "c", "ccc"], ["d"]]
+    many = votes_for_many(j, prompts, on, off, hard, chunk=4)
+    assert len(many) == 3
+    for got, p, o, s in zip(many, prompts, on, off):
+        np.testing.assert_array_equal(got, votes_for(j, p, o, s, hard))
 
 
 def test_weak_policy_is_in_injection_stage(setup):

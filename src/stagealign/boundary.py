@@ -104,6 +104,24 @@ def votes_for(judge: Judge, prompt: str, on: list[str], off: list[str], hard: bo
     return p
 
 
+def votes_for_many(judge: Judge, prompts: list[str], on: list[list[str]], off: list[list[str]], hard: bool,
+                   chunk: int = 4096) -> list[np.ndarray]:
+    """`votes_for` of several prompts, judged together in calls of at most `chunk` comparisons:
+    the same votes, in fewer and fuller judge batches (a reward model scored 6 answers per call
+    otherwise; bench/judging.py)."""
+    texts, a, b, sizes = [], [], [], []
+    for prompt, o, s in zip(prompts, on, off):
+        texts += [prompt] * (len(o) * len(s))
+        a += [x for x in o for _ in s]
+        b += [y for _ in o for y in s]
+        sizes.append(len(o) * len(s))
+    p = np.concatenate([judge.prob(texts[i:i + chunk], a[i:i + chunk], b[i:i + chunk])
+                        for i in range(0, len(a), chunk)]) if a else np.zeros(0)
+    if hard:
+        p = np.where(p > 0.5, 1.0, np.where(p < 0.5, 0.0, 0.5))
+    return np.split(p, np.cumsum(sizes)[:-1])
+
+
 def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], judge: Judge,
             cfg: BoundaryConfig, gen: GenerationConfig, *, seed: int, train_prompts: int | None = None,
             progress: Callable[[int], None] | None = None) -> BoundaryResult:
@@ -132,8 +150,8 @@ def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], 
         prompt_tokens += sum(len(policy.tokenizer(policy.format(p.text))["input_ids"]) * len(a)
                              for p, a in zip(chunk, answers))
         tokens += sum(len(policy.tokenizer(x, add_special_tokens=False)["input_ids"]) + 1 for a in answers for x in a)
-        votes = [votes_for(judge, p.text, a, pool[p.id].candidates, cfg.votes == "hard")
-                 for p, a in zip(chunk, answers)]
+        votes = votes_for_many(judge, [p.text for p in chunk], answers, [pool[p.id].candidates for p in chunk],
+                               cfg.votes == "hard")
         comparisons += sum(v.size for v in votes)
         clusters.extend(votes)
         if cfg.sequential:

@@ -1,0 +1,190 @@
+"""Training: preference pairs per second and peak memory of one stagealign training iteration
+against a plain TRL `DPOTrainer` with TRL's defaults, on the same tiny model and the same pairs.
+
+Arms (each trial is a fresh child process, so its peak RSS (VmHWM) is its own):
+
+* `ours`: `stagealign.training.preference.train_preference` with the run config's defaults
+  (DPO, batch 32, float32 on CPU, reference log-probs precomputed once, no activation
+  checkpointing).
+* `trl`: `DPOTrainer(model, args=DPOConfig(output_dir=...), train_dataset=..., processing_class=tok)`
+  with TRL's defaults. The settings that differ from a bare `DPOConfig(output_dir=...)` are listed
+  in the result's `trl_settings_changed` with the reason (only what is needed to run the same
+  epochs on this machine).
+* `trl-batch32` (informative): the same plain TRL trainer with our batch size, to show how much
+  of the ratio is the batch size and how much the rest.
+
+Pairs: max-min pairs of the synthetic world's static pool on the default scale's training prompts
+(ground-truth judge), the `weak` initial policy (a 2-layer Llama, d=64). The clock runs from
+building the trainer (tokenisation and the reference pass are part of an iteration) to the end
+of `train()`; model loading is outside. Trials alternate arm by arm, `--repeats` times; the
+result has every trial, medians, and the ratio of medians ours / TRL.
+
+    python bench/train_throughput.py --repeats 3
+    python bench/train_throughput.py --pairs 256 --repeats 3 --arms ours trl   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import median, peak_rss_mb, rss_mb, write_result  # noqa: E402
+
+ARMS = ("ours", "trl", "trl-batch32")
+# What the `trl` arm changes in a bare DPOConfig(output_dir=...), and why.
+TRL_CHANGED = {
+    "num_train_epochs": "set to ours (1.0) so both see every pair once (TRL's default is 3)",
+    "use_cpu": "True: without a GPU, TRL's default bf16=True refuses to start unless use_cpu is set "
+               "(bf16 itself is kept: it then runs as CPU autocast)",
+    "report_to": "'none' (already the transformers 5 default; stated so no logger is started)",
+}
+# TRL defaults the `trl` arm keeps although they differ from ours (what a user of plain TRL gets).
+TRL_KEPT = {
+    "per_device_train_batch_size": 8, "learning_rate": 1e-6, "bf16": "True (TRL turns it on unless fp16)",
+    "gradient_checkpointing": True, "precompute_ref_log_probs": False, "max_length": 1024,
+    "lr_scheduler_type": "linear", "logging_steps": 10, "disable_dropout": True,
+}
+
+
+def make_pairs_file(path: Path, n_pairs: int) -> dict:
+    from stagealign import artifacts
+    from stagealign.config import load_config
+    from stagealign.data.pairs import make_pairs, score_sets
+    from stagealign.providers import build_provider
+
+    cfg = load_config(None, ["policy.testbed=weak"])
+    prov = build_provider(cfg, log=lambda m: None)
+    sets = [prov.pool[p.id] for p in prov.train]
+    score_sets(sets, prov.truth)
+    pairs, dropped = make_pairs(sets, rule="max-min")
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    while len(rows) < n_pairs:  # more pairs than training prompts: repeat the list
+        rows += rows[: n_pairs - len(rows)]
+    rows = rows[:n_pairs]
+    artifacts.write_jsonl(path, rows)
+    return {"pairs": len(rows), "dropped": dict(dropped), "policy_dir": prov.initial_policy}
+
+
+def child(arm: str, pairs_file: str, policy_dir: str, out: str, epochs: float) -> None:
+    """One trial in this process; writes its record to `out`."""
+    import torch
+
+    from stagealign import artifacts
+    from stagealign.config import load_config
+    from stagealign.policy import load_policy
+    from stagealign.training.preference import to_trl_rows, train_preference
+
+    rows = list(artifacts.iter_jsonl(Path(pairs_file)))
+    policy = load_policy(policy_dir)
+    torch.manual_seed(0)
+    rss0 = rss_mb()
+    with tempfile.TemporaryDirectory() as work:
+        t0 = time.perf_counter()
+        if arm == "ours":
+            cfg = load_config(None, ["policy.testbed=weak", f"training.epochs={epochs}"]).training
+            res = train_preference(policy, rows, cfg, seed=0, work_dir=Path(work))
+            steps, loss = res.steps, res.final_loss
+        else:
+            from datasets import Dataset
+            from trl import DPOConfig, DPOTrainer
+
+            extra = {"per_device_train_batch_size": 32} if arm == "trl-batch32" else {}
+            args = DPOConfig(output_dir=str(Path(work) / "trl"), num_train_epochs=epochs, report_to="none",
+                             use_cpu=True, **extra)
+            trainer = DPOTrainer(model=policy.model, args=args, processing_class=policy.tokenizer,
+                                 train_dataset=Dataset.from_list(to_trl_rows(policy, rows)))
+            o = trainer.train()
+            steps, loss = int(o.global_step), float(o.training_loss)
+        seconds = time.perf_counter() - t0
+    rec = {"arm": arm, "seconds": seconds, "pairs": len(rows), "epochs": epochs, "steps": steps,
+           "pairs_per_second": len(rows) * epochs / seconds, "peak_rss_mb": peak_rss_mb(),
+           "rss_before_mb": rss0, "final_loss": loss, "torch_threads": torch.get_num_threads()}
+    rec["peak_rss_over_start_mb"] = rec["peak_rss_mb"] - rss0
+    Path(out).write_text(json.dumps(rec))
+
+
+def run_trial(arm: str, pairs_file: Path, policy_dir: str, epochs: float) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "rec.json"
+        cmd = [sys.executable, __file__, "--child", arm, "--pairs-file", str(pairs_file), "--policy-dir", policy_dir,
+               "--child-out", str(out), "--epochs", str(epochs)]
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"trial {arm} failed (rc {p.returncode}):\n{p.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=1024)
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--out", default=None, help="result file (default bench/results/train_throughput.json)")
+    ap.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
+    ap.add_argument("--pairs-file", help=argparse.SUPPRESS)
+    ap.add_argument("--policy-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        from stagealign.training.common import quiet_libraries
+
+        if args.child == "ours":
+            quiet_libraries()  # part of train_preference anyway
+        child(args.child, args.pairs_file, args.policy_dir, args.child_out, args.epochs)
+        return
+    from stagealign.training.common import quiet_libraries
+
+    quiet_libraries()
+    t_start = time.time()
+    with tempfile.TemporaryDirectory() as d:
+        pairs_file = Path(d) / "pairs.jsonl"
+        data = make_pairs_file(pairs_file, args.pairs)
+        trials = []
+        for r in range(args.repeats):
+            for arm in (args.arms if r % 2 == 0 else list(reversed(args.arms))):
+                rec = run_trial(arm, pairs_file, data["policy_dir"], args.epochs)
+                rec["repeat"] = r
+                trials.append(rec)
+                print(f"repeat {r} {arm:12s} {rec['pairs_per_second']:8.1f} pairs/s  {rec['seconds']:6.1f} s  "
+                      f"peak RSS {rec['peak_rss_mb']:.0f} MiB (+{rec['peak_rss_over_start_mb']:.0f})", flush=True)
+    med = {}
+    for arm in args.arms:
+        ts = [t for t in trials if t["arm"] == arm]
+        med[arm] = {k: median([t[k] for t in ts]) for k in ("pairs_per_second", "seconds", "peak_rss_mb",
+                                                             "peak_rss_over_start_mb")}
+        med[arm]["steps"] = ts[0]["steps"]
+    ratios = {}
+    for base in ("trl", "trl-batch32"):
+        if "ours" in med and base in med:
+            ratios[base] = {
+                "pairs_per_second_ours_over_base": med["ours"]["pairs_per_second"] / med[base]["pairs_per_second"],
+                "peak_rss_base_over_ours": med[base]["peak_rss_mb"] / med["ours"]["peak_rss_mb"],
+                "peak_rss_over_start_base_over_ours": med[base]["peak_rss_over_start_mb"]
+                / max(med["ours"]["peak_rss_over_start_mb"], 1e-9),
+            }
+    goal = 1.3
+    result = {
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("child") and k not in ("pairs_file",
+                                                                                                 "policy_dir")},
+        "data": data, "trl_settings_changed": TRL_CHANGED, "trl_defaults_kept": TRL_KEPT,
+        "seconds_total": time.time() - t_start, "median": med, "ratios": ratios, "goal": goal,
+        "goal_met": bool(ratios.get("trl", {}).get("pairs_per_second_ours_over_base", 0) >= goal),
+        "trials": trials,
+    }
+    path = write_result("train_throughput", result, args.out)
+    for base, r in ratios.items():
+        print(f"ours / {base}: {r['pairs_per_second_ours_over_base']:.2f}x pairs/s, peak RSS {base}/ours "
+              f"{r['peak_rss_base_over_ours']:.2f}x")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
