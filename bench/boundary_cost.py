@@ -14,7 +14,9 @@ Reports: agreement of the decisions (share of cases, Wilson 95% CI), agreement a
 where the fixed probe is decided (not "uncertain"), mean cost of sequential as a share of the
 fixed probe, and both probes' cost as a share of one training epoch on the large scale's 8,192
 training prompts (policy token passes, see `BoundaryResult.cost_vs_epoch`) next to the
-paper's 3.2%. The checkpoints themselves are trained at the default scale to keep this quick. Writes bench/results/boundary_cost.json.
+paper's 3.2%, and in wall time: the probes' seconds over those of one measured DPO epoch on
+the large scale's static pairs (sequential seconds estimated as the fixed probe's seconds per
+prompt x prompts used). The checkpoints themselves are trained at the default scale to keep this quick. Writes bench/results/boundary_cost.json.
 
     python bench/boundary_cost.py --seeds 0 1 2 3 4
 """
@@ -60,6 +62,27 @@ def checkpoints(out: Path, policies: list[str], scale: str) -> list[tuple[str, s
     return found
 
 
+def epoch_seconds(policy_name: str, policy_dir: str) -> dict:
+    """Wall time of one DPO training epoch (the run config's defaults) on the large scale's static
+    max-min pairs, from the checkpoint in `policy_dir` (the default-scale initial policy: the
+    large scale's own would need another SFT): the denominator of the measured time share."""
+    import tempfile
+
+    from stagealign.data.pairs import make_pairs, score_sets
+    from stagealign.training.preference import train_preference
+
+    cfg = load_config(None, [f"policy.testbed={policy_name}", "world.scale=large", WORLD])
+    prov = build_provider(cfg, log=lambda m: None)
+    sets = [prov.pool[p.id] for p in prov.train]
+    score_sets(sets, prov.judge)
+    pairs, _ = make_pairs(sets)
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    with tempfile.TemporaryDirectory() as work:
+        t0 = time.perf_counter()
+        train_preference(load_policy(policy_dir), rows, cfg.training, seed=0, work_dir=Path(work))
+        return {"pairs": len(rows), "seconds": time.perf_counter() - t0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -74,7 +97,8 @@ def main() -> None:
     t0 = time.time()
     out = Path(args.out)
     cases = []
-    for name, pol, ckpt in checkpoints(out, args.policies, "default"):
+    found = checkpoints(out, args.policies, "default")
+    for name, pol, ckpt in found:
         cfg = load_config(None, [f"run_dir={out / 'probe'}", f"policy.testbed={pol}", "world.scale=large", WORLD,
                                  f"boundary.probe_prompts={args.probe}", "boundary.sequential=false"])
         prov = build_provider(cfg, log=lambda m: None)
@@ -103,6 +127,9 @@ def main() -> None:
     agree = np.array([c["decision_fixed"] == c["decision_sequential"] for c in cases], dtype=float)
     decided = [c for c in cases if c["decision_fixed"] != "uncertain"]
     agree_decided = np.array([c["decision_fixed"] == c["decision_sequential"] for c in decided], dtype=float)
+    epoch = epoch_seconds(*next((pol, ckpt) for name, pol, ckpt in found if name.endswith("@0")))
+    for c in cases:  # sequential time ~ the fixed probe's time per prompt x prompts used
+        c["sequential_seconds"] = c["fixed_seconds"] * c["prompts_sequential"] / c["prompts_fixed"]
     summary = {
         "cases": len(cases),
         "agreement": proportion_ci(agree).to_dict(json_safe=True),
@@ -113,6 +140,9 @@ def main() -> None:
         "fixed_cost_vs_epoch": float(np.mean([c["fixed_cost_vs_epoch"] for c in cases])),
         "sequential_cost_vs_epoch": float(np.mean([c["sequential_cost_vs_epoch"] for c in cases])),
         "paper_cost_vs_epoch": 0.032,
+        "epoch": epoch,
+        "fixed_seconds_vs_epoch": float(np.mean([c["fixed_seconds"] for c in cases]) / epoch["seconds"]),
+        "sequential_seconds_vs_epoch": float(np.mean([c["sequential_seconds"] for c in cases]) / epoch["seconds"]),
         "goals": {"agreement>=0.95": bool(agree.mean() >= 0.95), "cost_share<=1/3": bool(
             np.mean([c["cost_share"] for c in cases]) <= 1 / 3)},
     }

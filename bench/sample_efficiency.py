@@ -55,6 +55,31 @@ def cell_rows(grid_dir: Path) -> list[dict]:
     return rows
 
 
+def boundary_time_share(grid_dir: Path) -> dict | None:
+    """Wall time of each iteration's boundary measurement over its training time, from the cells'
+    stage records (`iter_k/measure.json`, `iter_k/train.json`); shared iterations counted once."""
+    from stagealign import artifacts
+
+    shares, tokens, seen = [], [], set()
+    for c in artifacts.read_json(grid_dir / "grid-cells.json")["cells"]:
+        for it in sorted((grid_dir / c["dir"]).glob("iter_*")):
+            m, t = it / "measure.json", it / "train.json"
+            if not (m.is_file() and t.is_file()):
+                continue
+            mj, tj = artifacts.read_json(m), artifacts.read_json(t)
+            if not mj.get("measured", True) or (mj["seconds"], tj["seconds"]) in seen:
+                continue
+            seen.add((mj["seconds"], tj["seconds"]))
+            shares.append(mj["seconds"] / tj["seconds"])
+            if mj.get("cost_vs_epoch") is not None:
+                tokens.append(mj["cost_vs_epoch"])
+    if not shares:
+        return None
+    return {"iterations": len(shares), "time_share_mean": float(np.mean(shares)),
+            "time_share_median": float(np.median(shares)), "time_share_max": float(np.max(shares)),
+            "token_passes_share_mean": float(np.mean(tokens)) if tokens else None}
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     from stagealign.stats import mean_ci
 
@@ -126,8 +151,12 @@ def main() -> None:
                 line += f", {sched} {e[sched]['gain_per_1k_pairs']:+.3f} ({e[sched]['over_best']:.2f}x best)"
         print(line)
     name = "sample_efficiency" + (f"-{args.tag}" if args.tag else "")
+    share = boundary_time_share(grid_dir)
+    if share:
+        print(f"boundary measurement / training time per iteration: mean {share['time_share_mean']:.1%} "
+              f"(median {share['time_share_median']:.1%}, {share['iterations']} iterations)")
     path = write_result(name, {"args": vars(args), "grid_dir": str(grid_dir), "seconds": time.time() - t0,
-                               "summary": summary, "cells": rows})
+                               "summary": summary, "boundary_time_share": share, "cells": rows})
     print(f"wrote {path}")
 
 
