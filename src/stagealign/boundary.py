@@ -26,7 +26,7 @@ import numpy as np
 
 from stagealign.config import BoundaryConfig, GenerationConfig
 from stagealign.data.schema import CandidateSet, Prompt
-from stagealign.generation.hf import sample
+from stagealign.generation import sample
 from stagealign.judges.base import Judge
 from stagealign.policy import Policy
 from stagealign.stats import SequentialProbe, cluster_mean, decide
@@ -145,7 +145,7 @@ def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], 
         chunk = probe[start:start + batch]
         answers = sample(policy, [p.text for p in chunk], n=cfg.samples, temperature=gen.temperature,
                          top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
-                         seed=seed * 7919 + look)
+                         seed=seed * 7919 + look, backend=gen.backend)
         generations += sum(len(a) for a in answers)
         prompt_tokens += sum(len(policy.tokenizer(policy.format(p.text))["input_ids"]) * len(a)
                              for p, a in zip(chunk, answers))

@@ -77,10 +77,12 @@ def _quiet() -> None:
 
 
 def _run(cfg: RunConfig) -> dict:
+    """Run the loop; in a multi-process launch only the main process shows progress and logs."""
+    from stagealign import distributed
     from stagealign.pipeline import Run
-    from stagealign.ui import RichUI
+    from stagealign.ui import NullUI, RichUI
 
-    return Run(cfg, ui=RichUI()).execute()
+    return Run(cfg, ui=RichUI() if distributed.is_main() else NullUI()).execute()
 
 
 @app.command()
@@ -92,7 +94,9 @@ def run(config: Annotated[Path, typer.Argument(help="YAML run config")], overrid
     """Run (or resume) the stage-aware iteration loop described by CONFIG.
 
     Re-running the same command after an interruption continues where it stopped: finished
-    stages are recorded in RUN_DIR/state.json and not redone.
+    stages are recorded in RUN_DIR/state.json and not redone. Several processes:
+    `accelerate launch --config_file CONFIGS/accelerate/ddp.yaml -m stagealign.cli run CONFIG`
+    (see the README's "Real models and data").
     """
     def go():
         cfg = load_config(config, overrides or [])
@@ -105,9 +109,11 @@ def run(config: Annotated[Path, typer.Argument(help="YAML run config")], overrid
         if resume and not (Path(cfg.run_dir) / "state.json").is_file():
             raise ConfigError(f"{cfg.run_dir}: nothing to resume (no state.json)")
         summary = _run(cfg)
+        from stagealign import distributed
         from stagealign.report import iteration_table
 
-        typer.echo(iteration_table([summary]))
+        if distributed.is_main():
+            typer.echo(iteration_table([summary]))
     _guard(go)
 
 
@@ -221,7 +227,10 @@ def measure_cmd(config: Annotated[Path, typer.Argument(help="YAML run config (po
         from stagealign.policy import load_policy
         from stagealign.providers import build_provider
 
+        from stagealign.generation import check_backend
+
         cfg = load_config(config, overrides or [])
+        check_backend(cfg.generation.backend)
         prov = build_provider(cfg, log=lambda m: typer.echo(m, err=True))
         pc = cfg.policy
         policy = load_policy(checkpoint or prov.initial_policy, tokenizer=None if checkpoint else pc.tokenizer,

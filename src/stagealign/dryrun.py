@@ -323,7 +323,14 @@ def _unaccepted(target: Any, kwargs: dict) -> str | None:
 def _generation(cfg: RunConfig, c: _Checks, cuda: bool) -> None:
     g = cfg.generation
     if g.backend == "vllm":
-        c.warn("generation.backend=vllm is planned, not implemented yet: HF generate is used")
+        import importlib.util
+
+        from stagealign.generation.vllm import MISSING
+
+        if importlib.util.find_spec("vllm") is None:
+            c.error(MISSING)
+        elif not cuda:
+            c.warn("generation.backend=vllm needs a CUDA GPU at run time and none is visible here")
     if not cuda and cfg.policy.model is not None:
         c.warn("no CUDA GPU here: sampling and training a real model on CPU is only practical for tiny models")
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from stagealign.config import EvalConfig, GenerationConfig
 from stagealign.data.schema import Prompt
-from stagealign.generation.hf import sample
+from stagealign.distributed import shard_map
+from stagealign.generation import sample
 from stagealign.judges.base import Judge
 from stagealign.logprobs import answer_logprobs
 from stagealign.policy import Policy
@@ -39,7 +40,8 @@ def evaluate(policy: Policy, prompts: list[Prompt], judge: Judge, cfg: EvalConfi
              initial: Policy | None = None) -> tuple[dict, dict[str, list[str]]]:
     """Metrics dict and the sampled answers (keyed by prompt id, reusable as a reference)."""
     answers = sample(policy, [p.text for p in prompts], n=cfg.samples, temperature=cfg.temperature,
-                     top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=seed)
+                     top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=seed,
+                     backend=gen.backend)
     by_id = {p.id: a for p, a in zip(prompts, answers)}
     flat_p = [p.text for p, a in zip(prompts, answers) for _ in a]
     flat_a = [x for a in answers for x in a]
@@ -61,7 +63,11 @@ def evaluate(policy: Policy, prompts: list[Prompt], judge: Judge, cfg: EvalConfi
             if j is not None and refs and (w := _win_rate(j, prompts, answers, refs)) is not None:
                 metrics[f"win_rate{suffix}_{name}"] = w
     if initial is not None and cfg.kl:
-        lp = np.array(answer_logprobs(policy, flat_p, flat_a))
-        lp0 = np.array(answer_logprobs(initial, flat_p, flat_a))
+        def logprobs(model: Policy, rows: list[tuple[str, str]]) -> list[float]:
+            return answer_logprobs(model, [p for p, _ in rows], [a for _, a in rows], batch_size=64)
+
+        rows = list(zip(flat_p, flat_a))  # split across ranks in a multi-process launch
+        lp = np.array(shard_map(lambda r: logprobs(policy, r), rows, align=64))
+        lp0 = np.array(shard_map(lambda r: logprobs(initial, r), rows, align=64))
         metrics["kl_to_initial"] = _est(per_prompt(lp - lp0), bounded=False)
     return metrics, by_id

@@ -12,10 +12,17 @@ and first cleans what a killed predecessor left (`artifacts.recover`). Prompts t
 initial policy's context (prompt tokens + generation.max_new_tokens) are skipped and counted in
 `run_dir/data.json` (with the loader's skip counts); a split left empty is an error naming a prompt.
 Training truncates prompt + answer to the context when `training.max_length` is not set.
+
+Under a multi-process launcher (`accelerate launch`, `torchrun`) every process runs this same
+loop: sampling and judging are split across the processes and gathered (`distributed`), each
+stage's result is the main process's on every rank, training is TRL's DDP / DeepSpeed / FSDP, and
+only the main process holds the lock and writes the run directory, with a barrier after every
+stage so the others read what it wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import Counter
@@ -25,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from stagealign import artifacts
+from stagealign import artifacts, distributed
 from stagealign.boundary import BoundaryResult, context_length, fit_context, measure
 from stagealign.config import ConfigError, RunConfig, dump_config
 from stagealign.data.pairs import make_pairs, score_sets
 from stagealign.data.schema import CandidateSet, PreferencePair
 from stagealign.evaluate import evaluate
-from stagealign.generation.hf import sample
+from stagealign.generation import check_backend, sample
 from stagealign.judges.base import JudgeError
 from stagealign.policy import Policy, load_policy
 from stagealign.providers import Provider, build_provider
@@ -81,19 +88,29 @@ class Run:
                 raise ConfigError(
                     f"{self.dir}: this run directory holds a run with a different config (see {path}); "
                     "resume with the same config or choose another run_dir")
-        else:
+        elif distributed.is_main():
             artifacts.write_text(path, text)
+        distributed.barrier()
 
     @property
     def provider(self) -> Provider:
         if self._provider is None:
-            self._provider = build_provider(self.cfg, log=self.ui.log)
-            try:
-                self._fit_context(self._provider)
-            except BaseException:
-                self._provider = None
-                raise
+            # main process first: it fills the caches (downloads, the testbed's SFT) the others then read
+            if distributed.is_main():
+                self._build_provider()
+            distributed.barrier()
+            if self._provider is None:
+                self._build_provider()
         return self._provider
+
+    def _build_provider(self) -> None:
+        self._provider = p = build_provider(self.cfg, log=self.ui.log)
+        try:
+            self._fit_context(p)
+        except BaseException:
+            self._provider = None
+            raise
+        p.judge, p.truth = distributed.sharded_judge(p.judge), distributed.sharded_judge(p.truth)
 
     def _fit_context(self, p: Provider) -> None:
         """Drop prompts the initial policy cannot read and still answer; record counts in data.json."""
@@ -112,9 +129,10 @@ class Run:
             skipped["prompt_too_long"] = len(long_ids)
             self.ui.log(f"[data] skipped {len(long_ids)} prompts longer than {limit} tokens (context minus "
                         f"max_new_tokens), e.g. prompt id {long_ids[0]!r}; see {self.dir / 'data.json'}")
-        artifacts.write_json(self.dir / "data.json", {
-            "prompts": {s: len(getattr(p, s)) for s in ("train", "probe", "eval")}, "skipped": skipped,
-            "max_prompt_tokens": limit, "prompt_too_long_ids": long_ids[:20]})
+        if distributed.is_main():
+            artifacts.write_json(self.dir / "data.json", {
+                "prompts": {s: len(getattr(p, s)) for s in ("train", "probe", "eval")}, "skipped": skipped,
+                "max_prompt_tokens": limit, "prompt_too_long_ids": long_ids[:20]})
 
     def policy_dir(self, k: int) -> str:
         return self.provider.initial_policy if k == 0 else str(self.dir / f"iter_{k}" / "model")
@@ -138,9 +156,13 @@ class Run:
         stage), so the adopted artifacts are exactly what this run would have computed. Copies,
         so either run can be deleted or resumed on its own.
         """
+        if distributed.is_main():
+            self._adopt(Path(src), upto)
+        distributed.barrier()
+
+    def _adopt(self, src: Path, upto: int) -> None:
         import shutil
 
-        src = Path(src)
         if self.state_path.is_file():
             return
         src_done = artifacts.read_json(src / "state.json")["done"]
@@ -157,18 +179,22 @@ class Run:
 
     # ---- the loop ---------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
+        check_backend(self.cfg.generation.backend)  # a missing extra or GPU fails now, not mid-run
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise artifacts.ArtifactError(
                 f"{self.dir}: cannot create the run directory ({exc.strerror or exc})") from exc
-        with artifacts.RunLock(self.dir):
-            artifacts.recover(self.dir)
+        main = distributed.is_main()
+        with artifacts.RunLock(self.dir) if main else contextlib.nullcontext():
+            if main:
+                artifacts.recover(self.dir)
+            distributed.barrier()
             return self._execute()
 
     def _execute(self) -> dict[str, Any]:
         self._check_config()
-        if self.cfg.report_to == "tensorboard":
+        if self.cfg.report_to == "tensorboard" and distributed.is_main():
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.dir / "tensorboard"))
@@ -183,7 +209,8 @@ class Run:
             self._stage(k, "evaluate", self._evaluate)
             previous = choice
         summary = self.summary()
-        artifacts.write_json(self.dir / "summary.json", summary)
+        if distributed.is_main():
+            artifacts.write_json(self.dir / "summary.json", summary)
         if self._tb is not None:
             self._tb.close()
         return summary
@@ -201,9 +228,12 @@ class Run:
             raise JudgeError(f"iteration {k}, stage {name}: {exc}") from exc
         result = {} if result is None else result
         result.setdefault("_seconds", time.perf_counter() - t0)
-        artifacts.write_json(path, result)
-        artifacts.fault(f"{key}:after-artifact")
-        self._mark(key)
+        result = distributed.from_main(result)  # every rank goes on with the main process's result
+        if distributed.is_main():
+            artifacts.write_json(path, result)
+            artifacts.fault(f"{key}:after-artifact")
+            self._mark(key)
+        distributed.barrier()
         if self._tb is not None:
             for tag, value in _scalars(result):
                 self._tb.add_scalar(f"{name}/{tag}", value, k)
@@ -246,7 +276,7 @@ class Run:
             with self.ui.task(f"iter {k}: on-policy sampling", total=len(on_prompts)) as adv:
                 answers = sample(self.policy(k - 1), [q.text for q in on_prompts], n=g.n, temperature=g.temperature,
                                  top_p=g.top_p, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size,
-                                 seed=stage_seed(cfg.seed, k, "build"), progress=adv)
+                                 seed=stage_seed(cfg.seed, k, "build"), progress=adv, backend=g.backend)
             sets += [CandidateSet(prompt_id=q.id, prompt=q.text, candidates=a, sources=[f"policy@{k - 1}"] * len(a),
                                   origin="onpolicy", iteration=k) for q, a in zip(on_prompts, answers)]
         empty = Counter()
@@ -264,8 +294,9 @@ class Run:
                                     iteration=k, rng=rng)
         dropped.update(empty)
         d = self.dir / f"iter_{k}"
-        artifacts.write_jsonl(d / "candidates.jsonl", (s.to_row() for s in sets))
-        artifacts.write_jsonl(d / "pairs.jsonl", (x.to_row() for x in pairs))
+        if distributed.is_main():
+            artifacts.write_jsonl(d / "candidates.jsonl", (s.to_row() for s in sets))
+            artifacts.write_jsonl(d / "pairs.jsonl", (x.to_row() for x in pairs))
         by_origin = Counter(x.origin for x in pairs)
         self.ui.log(f"[iter_{k}/build] {len(pairs)} pairs ({dict(by_origin)}), dropped {dict(dropped)}")
         return {"pairs": len(pairs), "by_origin": dict(by_origin), "dropped": dict(dropped),
@@ -287,7 +318,9 @@ class Run:
                                    seed=stage_seed(cfg.seed, k, "train"), work_dir=work, ref_policy=ref,
                                    report_to=cfg.report_to, where=f"iteration {k}", progress=adv,
                                    lora=cfg.policy.lora)
-        policy.save(self.dir / f"iter_{k}" / "model")
+        weights = distributed.full_state_dict(policy.model)  # ZeRO-3 / FSDP shards gathered; None otherwise
+        if distributed.is_main():
+            policy.save(self.dir / f"iter_{k}" / "model", state_dict=weights)
         self.ui.log(f"[iter_{k}/train] {res.steps} steps on {res.pairs} pairs, loss {res.final_loss:.4f}, "
                     f"{res.seconds:.1f}s")
         return {"steps": res.steps, "pairs": res.pairs, "seconds": res.seconds, "final_loss": res.final_loss,
@@ -303,8 +336,9 @@ class Run:
         metrics, answers = evaluate(self.policy(k), p.eval, p.judge, self.cfg.eval, self.cfg.generation,
                                     seed=stage_seed(self.cfg.seed, 0, "evaluate"), truth=p.truth,
                                     reference=reference, initial=self.policy(0) if k > 0 else None)
-        artifacts.write_jsonl(self.dir / f"iter_{k}" / "eval_answers.jsonl",
-                              ({"prompt_id": pid, "answers": a} for pid, a in answers.items()))
+        if distributed.is_main():
+            artifacts.write_jsonl(self.dir / f"iter_{k}" / "eval_answers.jsonl",
+                                  ({"prompt_id": pid, "answers": a} for pid, a in answers.items()))
         r = metrics.get("reward") or metrics.get("judge_score")
         self.ui.log(f"[iter_{k}/evaluate] mean {'reward' if 'reward' in metrics else 'judge score'} "
                     f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]")

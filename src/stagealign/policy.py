@@ -49,15 +49,17 @@ class Policy:
         """True while `model` is a PEFT model (a LoRA adapter not merged yet)."""
         return is_peft_model(self.model)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, state_dict: dict | None = None) -> None:
         """Atomic save: safetensors weights, tokenizer and the prompt format.
 
         A LoRA adapter still on the model is merged first (`merge_adapter`): a saved policy is
         always a plain causal LM, loadable by `load_policy` and by any tool without PEFT.
+        `state_dict` replaces the model's own weights when they are sharded across processes
+        (DeepSpeed ZeRO-3, FSDP: see `distributed.full_state_dict`).
         """
         merge_adapter(self)
         with atomic_path(path) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             self.tokenizer.save_pretrained(tmp)
             (tmp / FORMAT_FILE).write_text(json.dumps({"prompt_template": self.prompt_template}))
 

@@ -3,6 +3,11 @@
 One `generate` call handles `batch_size` prompts x `n` samples (num_return_sequences), with
 prompts sorted by length so left padding stays short. Each batch reseeds from (seed, batch
 index), so a resumed run draws exactly the samples an uninterrupted one would.
+
+In a multi-process launch the batches are dealt round-robin to the ranks and the answers
+gathered: each batch is the one a single process would generate, under the same seed, so the
+answers are those of one process (on the same hardware), whatever the number of processes.
+Keep `batch_size` x processes at or below the number of prompts to keep every rank busy.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from stagealign import distributed
 from stagealign.policy import Policy
 
 
@@ -26,7 +32,10 @@ def sample(policy: Policy, prompts: list[str], *, n: int, temperature: float = 1
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     out: list[list[str]] = [[] for _ in prompts]
     dev = next(model.parameters()).device
+    rank, size = distributed.rank(), distributed.size()
     for b, start in enumerate(range(0, len(order), batch_size)):
+        if b % size != rank:
+            continue
         idx = order[start:start + batch_size]
         enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True,
                   add_special_tokens=not policy.uses_chat_template).to(dev)
@@ -41,4 +50,7 @@ def sample(policy: Policy, prompts: list[str], *, n: int, temperature: float = 1
             out[i] = [s.strip() for s in decoded[j * n:(j + 1) * n]]
         if progress:
             progress(len(idx))
+    if size > 1:
+        for i, answers in distributed.gather([(i, a) for i, a in enumerate(out) if a]):
+            out[i] = answers
     return out

@@ -3,11 +3,17 @@
 Each named policy (weak / boundary / strong by default) is trained once per world and cached
 under `$STAGEALIGN_CACHE` (default `~/.cache/stagealign`) keyed by the world's fingerprint, so
 every run, test and grid cell starting from it starts from the same weights.
+
+In a multi-process launch the SFT runs in a child process started as a plain single process:
+inside the launch TRL's Trainer would train it with DDP across the ranks, i.e. other weights than
+the single-process ones the cache key stands for.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +21,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
+from stagealign import distributed
 from stagealign.policy import Policy, load_policy
 from stagealign.testbed.tokenizer import build_tokenizer
 from stagealign.testbed.world import SEP, World
@@ -48,6 +55,11 @@ def initial_policy_dir(world: World, name: str, log=print) -> Path:
     target = cache_root() / "worlds" / world.cfg.fingerprint() / name
     if (target / "model.safetensors").is_file():
         return target
+    if distributed.launched():
+        log(f"[testbed] SFT of initial policy {name!r} in a single-process child, cached in {target}")
+        subprocess.run([sys.executable, "-m", "stagealign.testbed.policies", world.cfg.model_dump_json(), name],
+                       env=distributed.single_process_env(), check=True)
+        return target
     spec = world.cfg.policies[name]
     log(f"[testbed] SFT of initial policy {name!r} ({spec.examples} examples x {spec.epochs} epochs), cached in {target}")
     rng = np.random.default_rng(world.cfg.seed * 31 + 1)
@@ -70,3 +82,9 @@ def load_initial_policy(world: World, name: str) -> Policy:
 
 
 from stagealign.training.sft import train_sft  # noqa: E402  (import late: training imports config)
+
+
+if __name__ == "__main__":  # the single-process child of `initial_policy_dir` in a multi-process launch
+    from stagealign.testbed.world import WorldConfig
+
+    initial_policy_dir(World(WorldConfig.model_validate_json(sys.argv[1])), sys.argv[2])

@@ -31,6 +31,7 @@ from trl import DPOTrainer as TRLDPOTrainer
 from trl.data_utils import common_prefix_length
 
 from stagealign.config import LoraSettings, TrainingConfig
+from stagealign.distributed import shared_dataset
 from stagealign.policy import Policy, merge_adapter
 from stagealign.training.common import FiniteLossCallback, ProgressCallback, quiet_libraries, trainer_kwargs
 
@@ -161,7 +162,7 @@ def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, s
         model=policy.model,
         ref_model=ref_policy.model if ref_policy is not None else None,
         args=args,
-        train_dataset=Dataset.from_list(to_trl_rows(policy, rows)),
+        train_dataset=shared_dataset(Dataset.from_list(to_trl_rows(policy, rows)), work_dir / "train_dataset"),
         processing_class=policy.tokenizer,
         callbacks=callbacks,
         peft_config=peft_config,
