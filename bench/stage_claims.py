@@ -116,7 +116,7 @@ def main() -> None:
                     "grid.json whose run directories are gone")
     ap.add_argument("--out", type=Path, default=Path("bench/results/stage_claims.json"))
     args = ap.parse_args()
-    rows = []
+    by_world: dict[str, list[dict]] = {}  # one world's policies may come from several grids
     for arg in args.grids:
         world, _, path = arg.rpartition(":")
         d = Path(path)
@@ -125,7 +125,8 @@ def main() -> None:
         else:
             m = grid_metrics(d)
             world = world or _world_seed(d)
-        rows.extend(claims(m, world))
+        by_world.setdefault(world, []).extend(m["groups"])
+    rows = [r for world, groups in by_world.items() for r in claims({"groups": groups}, world)]
     artifacts.write_json(args.out, {"claims": rows})
     print(table(rows))
     print(f"\nwritten: {args.out}")
