@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
@@ -32,12 +33,17 @@ def launched() -> bool:
         return False
 
 
+#: how long a collective waits for the slowest rank: the main process alone builds the provider
+#: first (model, pool and judge downloads), which may take far longer than torch's 30 minutes
+TIMEOUT = timedelta(hours=2)
+
+
 def _state():
     """accelerate's PartialState, created on first use: gloo on CPU (as TRL's `use_cpu`), NCCL on GPUs."""
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=TIMEOUT)
 
 
 def rank() -> int:
