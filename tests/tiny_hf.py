@@ -66,10 +66,11 @@ def prompt_text(i: int) -> str:
 
 
 def write_generic_pool(path: Path, prompts: int = 40, answers: int = 4, seed: int = 0,
-                       reversed_scores: bool = False) -> Path:
+                       reversed_scores: bool = False, reference: str | None = None) -> Path:
     """`prompt` + `responses` + `models` rows (the generic pool format), distinct answers per prompt.
 
-    `reversed_scores` adds a `scores` column that ranks the answers opposite to `score`, the judge.
+    `reversed_scores` adds a `scores` column that ranks the answers opposite to `score`, the judge;
+    `reference` adds that reference answer to every prompt.
     """
     rng = np.random.default_rng(seed)
     with open(path, "w", encoding="utf-8") as fh:
@@ -82,6 +83,8 @@ def write_generic_pool(path: Path, prompts: int = 40, answers: int = 4, seed: in
             row = {"prompt": prompt_text(i), "responses": responses, "models": [f"writer-{j}" for j in range(answers)]}
             if reversed_scores:
                 row["scores"] = [-s for s in score([row["prompt"]] * answers, responses)]
+            if reference is not None:
+                row["reference"] = reference
             fh.write(json.dumps(row) + "\n")
     return path
 

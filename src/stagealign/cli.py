@@ -1,4 +1,4 @@
-"""Command line: `stagealign run | demo | grid | report | measure | world show`.
+"""Command line: `stagealign run | demo | grid | report | measure | annotate | world show`.
 
 Errors a user can fix (config typos, bad data rows, missing models) print one line and exit
 with code 2; `--debug` shows the traceback instead.
@@ -211,6 +211,39 @@ def demo(out: Annotated[Path, typer.Option(help="directory for the demo grid")] 
         artifacts.write_text(out / "demo.md", text + "\n")
         typer.echo(text)
         typer.echo(f"\nreport: {write_grid_report(out, metrics)}")
+    _guard(go)
+
+
+_HELP_ANNOTATE = _para("""Pairwise annotations of a finished run's evaluation, in AlpacaEval's format.
+
+    Judges ITERATION's evaluation answers again, with the run's judge, against the references given
+    with the prompts (a `reference` column in the pool) or, without them, the initial policy's
+    answers; writes RUN_DIR/iter_<k>/annotations.json (instruction, output_1 = reference, output_2 =
+    policy, preference in [1, 2]) and prints the raw win rate. --lc adds AlpacaEval's
+    length-controlled win rate (optional extra: pip install 'stagealign[alpaca-eval]'; its GLM uses
+    AlpacaEval's instruction table, fetched from the hub once, so that figure is meant for
+    AlpacaEval's instructions).
+    """)
+
+
+@app.command("annotate", help=_HELP_ANNOTATE)
+def annotate_cmd(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+                 iteration: Annotated[int, typer.Option(help="which iteration's evaluation")] = 1,
+                 against: Annotated[str, typer.Option(help="auto | given | initial")] = "auto",
+                 lc: Annotated[bool, typer.Option("--lc", help="length-controlled win rate through alpaca_eval")] = False,
+                 ) -> None:
+    def go():
+        from stagealign import annotations as ann
+        from stagealign.artifacts import write_json
+
+        rows = ann.annotations(run_dir, iteration, against)
+        out = run_dir / f"iter_{iteration}" / "annotations.json"
+        write_json(out, rows)
+        result = {"annotations": str(out), "comparisons": len(rows), "against": rows[0]["generator_1"],
+                  "win_rate": ann.raw_win_rate(rows)}
+        if lc:
+            result.update(ann.length_controlled(rows))
+        typer.echo(json.dumps(result, indent=2))
     _guard(go)
 
 

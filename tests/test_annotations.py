@@ -1,0 +1,65 @@
+"""AlpacaEval-format annotations of a finished run: the same judgements as its evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tiny_hf
+from conftest import cli
+from stagealign import artifacts
+from stagealign.annotations import annotations, raw_win_rate
+from stagealign.config import load_config
+from stagealign.pipeline import Run
+
+HERE = Path(__file__).parent  # the CLI imports the test judge `tiny_hf:score` from here
+WORST = "w20 w21 w22"  # the judge's lowest-scoring answer: a reference every answer can beat
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("annotate")
+    model = tiny_hf.save_policy_dir(tmp / "sft")
+    pool = tiny_hf.write_generic_pool(tmp / "pool.jsonl", prompts=40, reference=WORST)
+    cfg = load_config(None, [
+        f"run_dir={tmp / 'run'}", "iterations=1", f"policy.model={model}", f"data.pool={pool}",
+        "data.format=generic", "judge.kind=callable", "judge.path=tiny_hf:score", "data.eval_prompts=4",
+        "eval.samples=2", "generation.n=3", "generation.max_new_tokens=6", "boundary.probe_prompts=4",
+        "boundary.min_prompts=2", "boundary.batch_prompts=4", "training.batch_size=8", "schedule.kind=path",
+        "schedule.path=off"])
+    Run(cfg).execute()
+    return tmp / "run"
+
+
+def test_annotations_reproduce_the_evaluation_win_rates(run_dir):
+    evaluation = artifacts.read_json(run_dir / "iter_1" / "evaluate.json")
+    given = annotations(run_dir, 1)  # the pool carries references: they are the default
+    assert {r["output_1"] for r in given} == {WORST} and {r["generator_1"] for r in given} == {"reference"}
+    assert len(given) == evaluation["answers"]
+    assert all(1.0 <= r["preference"] <= 2.0 for r in given)
+    assert raw_win_rate(given) == pytest.approx(100 * evaluation["win_rate_given_judge"]["mean"])
+    initial = annotations(run_dir, 1, against="initial")
+    first = {r["prompt_id"]: r["answers"][0] for r in artifacts.iter_jsonl(run_dir / "iter_0" / "eval_answers.jsonl")}
+    assert all(r["output_1"] == first[r["prompt_id"]] and r["generator_1"] == "policy@0" for r in initial)
+    assert raw_win_rate(initial) == pytest.approx(100 * evaluation["win_rate_judge"]["mean"])
+    assert not np.isclose(raw_win_rate(given), raw_win_rate(initial))
+
+
+def test_annotate_cli_writes_the_file_and_explains_what_is_missing(run_dir):
+    res = cli("annotate", str(run_dir), "--iteration", "1", cwd=HERE)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    rows = json.loads((run_dir / "iter_1" / "annotations.json").read_text())
+    assert out["comparisons"] == len(rows) and out["against"] == "reference"
+    assert {"instruction", "output_1", "output_2", "generator_1", "generator_2", "annotator", "preference"} <= set(rows[0])
+    res = cli("annotate", str(run_dir), "--iteration", "2", cwd=HERE)
+    assert res.returncode == 2 and "iteration 2 has no evaluation answers" in res.stderr
+    try:
+        import alpaca_eval  # noqa: F401
+    except ImportError:
+        res = cli("annotate", str(run_dir), "--lc", cwd=HERE)
+        assert res.returncode == 2 and "pip install 'stagealign[alpaca-eval]'" in res.stderr
+        assert "Traceback" not in res.stderr
