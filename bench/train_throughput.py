@@ -12,11 +12,14 @@ Arms (each trial is a fresh child process, so its peak RSS (VmHWM) is its own):
   epochs on this machine).
 * `trl-batch32` (informative): the same plain TRL trainer with our batch size, to show how much
   of the ratio is the batch size and how much the rest.
+* `ours-trl-tokenize` (informative): ours with TRL's own per-row tokenisation instead of
+  `training.preference.tokenize_pairs`, i.e. stagealign before this benchmark.
 
 Pairs: max-min pairs of the synthetic world's static pool on the default scale's training prompts
 (ground-truth judge), the `weak` initial policy (a 2-layer Llama, d=64). The clock runs from
 building the trainer (tokenisation and the reference pass are part of an iteration) to the end
-of `train()`; model loading is outside. Trials alternate arm by arm, `--repeats` times; the
+of `train()`; model loading is outside. Also recorded: the process's CPU time over the same span
+(steadier than wall time on a shared machine) and the set-up part (tokenisation, reference pass). Trials alternate arm by arm, `--repeats` times; the
 result has every trial, medians, and the ratio of medians ours / TRL.
 
     python bench/train_throughput.py --repeats 3
@@ -37,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import median, peak_rss_mb, rss_mb, write_result  # noqa: E402
 
-ARMS = ("ours", "trl", "trl-batch32")
+ARMS = ("ours", "trl", "trl-batch32", "ours-trl-tokenize")
 # What the `trl` arm changes in a bare DPOConfig(output_dir=...), and why.
 TRL_CHANGED = {
     "num_train_epochs": "set to ours (1.0) so both see every pair once (TRL's default is 3)",
@@ -86,11 +89,15 @@ def child(arm: str, pairs_file: str, policy_dir: str, out: str, epochs: float) -
     torch.manual_seed(0)
     rss0 = rss_mb()
     with tempfile.TemporaryDirectory() as work:
-        t0 = time.perf_counter()
-        if arm == "ours":
+        t0, c0 = time.perf_counter(), time.process_time()
+        if arm in ("ours", "ours-trl-tokenize"):
+            if arm == "ours-trl-tokenize":
+                import stagealign.training.preference as pref
+
+                pref.tokenize_pairs = lambda *a, **k: None  # TRL's per-row map runs
             cfg = load_config(None, ["policy.testbed=weak", f"training.epochs={epochs}"]).training
             res = train_preference(policy, rows, cfg, seed=0, work_dir=Path(work))
-            steps, loss = res.steps, res.final_loss
+            steps, loss, train_s = res.steps, res.final_loss, res.seconds
         else:
             from datasets import Dataset
             from trl import DPOConfig, DPOTrainer
@@ -100,11 +107,14 @@ def child(arm: str, pairs_file: str, policy_dir: str, out: str, epochs: float) -
                              use_cpu=True, **extra)
             trainer = DPOTrainer(model=policy.model, args=args, processing_class=policy.tokenizer,
                                  train_dataset=Dataset.from_list(to_trl_rows(policy, rows)))
+            t1 = time.perf_counter()
             o = trainer.train()
-            steps, loss = int(o.global_step), float(o.training_loss)
-        seconds = time.perf_counter() - t0
+            steps, loss, train_s = int(o.global_step), float(o.training_loss), time.perf_counter() - t1
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     rec = {"arm": arm, "seconds": seconds, "pairs": len(rows), "epochs": epochs, "steps": steps,
-           "pairs_per_second": len(rows) * epochs / seconds, "peak_rss_mb": peak_rss_mb(),
+           "pairs_per_second": len(rows) * epochs / seconds, "cpu_seconds": cpu,
+           "pairs_per_cpu_second": len(rows) * epochs / cpu, "setup_seconds": seconds - train_s,
+           "train_loop_seconds": train_s, "peak_rss_mb": peak_rss_mb(),
            "rss_before_mb": rss0, "final_loss": loss, "torch_threads": torch.get_num_threads()}
     rec["peak_rss_over_start_mb"] = rec["peak_rss_mb"] - rss0
     Path(out).write_text(json.dumps(rec))
@@ -136,7 +146,7 @@ def main() -> None:
     if args.child:
         from stagealign.training.common import quiet_libraries
 
-        if args.child == "ours":
+        if args.child.startswith("ours"):
             quiet_libraries()  # part of train_preference anyway
         child(args.child, args.pairs_file, args.policy_dir, args.child_out, args.epochs)
         return
@@ -153,19 +163,23 @@ def main() -> None:
                 rec = run_trial(arm, pairs_file, data["policy_dir"], args.epochs)
                 rec["repeat"] = r
                 trials.append(rec)
-                print(f"repeat {r} {arm:12s} {rec['pairs_per_second']:8.1f} pairs/s  {rec['seconds']:6.1f} s  "
+                print(f"repeat {r} {arm:17s} {rec['pairs_per_second']:8.1f} pairs/s  {rec['seconds']:6.1f} s (setup "
+                      f"{rec['setup_seconds']:.1f}, CPU {rec['cpu_seconds']:.1f})  "
                       f"peak RSS {rec['peak_rss_mb']:.0f} MiB (+{rec['peak_rss_over_start_mb']:.0f})", flush=True)
     med = {}
     for arm in args.arms:
         ts = [t for t in trials if t["arm"] == arm]
-        med[arm] = {k: median([t[k] for t in ts]) for k in ("pairs_per_second", "seconds", "peak_rss_mb",
-                                                             "peak_rss_over_start_mb")}
+        med[arm] = {k: median([t[k] for t in ts]) for k in (
+            "pairs_per_second", "seconds", "cpu_seconds", "pairs_per_cpu_second", "setup_seconds",
+            "train_loop_seconds", "peak_rss_mb", "peak_rss_over_start_mb")}
         med[arm]["steps"] = ts[0]["steps"]
     ratios = {}
-    for base in ("trl", "trl-batch32"):
+    for base in ("trl", "trl-batch32", "ours-trl-tokenize"):
         if "ours" in med and base in med:
             ratios[base] = {
                 "pairs_per_second_ours_over_base": med["ours"]["pairs_per_second"] / med[base]["pairs_per_second"],
+                "pairs_per_cpu_second_ours_over_base": med["ours"]["pairs_per_cpu_second"]
+                / med[base]["pairs_per_cpu_second"],
                 "peak_rss_base_over_ours": med[base]["peak_rss_mb"] / med["ours"]["peak_rss_mb"],
                 "peak_rss_over_start_base_over_ours": med[base]["peak_rss_over_start_mb"]
                 / max(med["ours"]["peak_rss_over_start_mb"], 1e-9),
