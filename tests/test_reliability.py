@@ -48,11 +48,14 @@ def text_judge(prompts, answers):
     return ["good" for _ in answers]
 
 
-def inf_on_one_prompt_judge(prompts, answers):
-    """Finite when scoring many prompts at once (evaluation, pair building), infinite when every
-    input shares one prompt: the boundary score's per-prompt calls, i.e. iteration 1's measure."""
-    bad = len(prompts) > 1 and len(set(prompts)) == 1
-    return [math.inf if bad else float(len(a)) for a in answers]
+JUDGE_CALLS = {"n": 0}
+
+
+def inf_after_first_call_judge(prompts, answers):
+    """Finite on its first call (iteration 0's evaluation, the first thing a run judges), infinite
+    from then on: the next call is iteration 1's boundary score."""
+    JUDGE_CALLS["n"] += 1
+    return [math.inf if JUDGE_CALLS["n"] > 1 else float(len(a)) for a in answers]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -562,8 +565,10 @@ def test_same_seed_same_numbers_other_seed_other_samples(tmp_path, reference):
 def test_nonfinite_judge_later_in_the_run_names_iteration_and_stage(tmp_path):
     run = tmp_path / "inf"
     cfg = tiny_config(run, "policy.testbed=boundary", "iterations=1", "judge.kind=callable",
-                      "judge.path=test_reliability:inf_on_one_prompt_judge")
+                      "judge.path=test_reliability:inf_after_first_call_judge")
     from stagealign.judges.base import JudgeError
+
+    JUDGE_CALLS["n"] = 0
 
     with pytest.raises(JudgeError, match=r"^iteration 1, stage measure: judge .* non-finite score \(inf\)"):
         Run(cfg).execute()
