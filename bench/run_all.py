@@ -74,6 +74,13 @@ def table() -> str:
                          f"{r['ours-trl-tokenize']['pairs_per_second_ours_over_base']:.2f}x (CPU time "
                          f"{r['ours-trl-tokenize']['pairs_per_cpu_second_ours_over_base']:.2f}x; set-up "
                          f"{m['ours']['setup_seconds']:.1f} s vs {m['ours-trl-tokenize']['setup_seconds']:.1f} s)", "-", "-"])
+        dc = r.get("dtype_check")
+        if dc:
+            rows.append([f"training: pairs/s of a {dc['params'] / 1e6:.1f}M-parameter model, dtype chosen for this CPU "
+                         f"({'bf16 autocast' if dc['bf16_used'] else 'float32'}) vs float32",
+                         f"{m['ours-15m']['pairs_per_second']:.0f}", f"{m['ours-15m-fp32']['pairs_per_second']:.0f}",
+                         f"{dc['pairs_per_second_auto_over_fp32']:.2f}x (CPU time "
+                         f"{dc['pairs_per_cpu_second_auto_over_fp32']:.2f}x)", "-", "-"])
         rows.append(["training: peak RSS, MiB (growth over start)",
                      f"{m['ours']['peak_rss_mb']:.0f} (+{m['ours']['peak_rss_over_start_mb']:.0f})",
                      f"{m['trl']['peak_rss_mb']:.0f} (+{m['trl']['peak_rss_over_start_mb']:.0f})",

@@ -14,6 +14,9 @@ Arms (each trial is a fresh child process, so its peak RSS (VmHWM) is its own):
   of the ratio is the batch size and how much the rest.
 * `ours-trl-tokenize` (informative): ours with TRL's own per-row tokenisation instead of
   `training.preference.tokenize_pairs`, i.e. stagealign before this benchmark.
+* dtype check (`--dtype-pairs`, 0 to skip): on a 15.8M-parameter model, `ours-15m` (bf16 autocast
+  where `training.preference.cpu_bf16_autocast` picks it: CPUs with native bf16) against
+  `ours-15m-fp32` ($STAGEALIGN_CPU_BF16=0).
 
 Pairs: max-min pairs of the synthetic world's static pool on the default scale's training prompts
 (ground-truth judge), the `weak` initial policy (a 2-layer Llama, d=64). The clock runs from
@@ -41,6 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import median, peak_rss_mb, rss_mb, write_result  # noqa: E402
 
 ARMS = ("ours", "trl", "trl-batch32", "ours-trl-tokenize")
+# The dtype check: a 15.8M-parameter model of the world's shape (hidden 512, 6 layers, random
+# weights), ours as it decides on this CPU (`cpu_bf16_autocast`) vs forced float32.
+DTYPE_ARMS = ("ours-15m", "ours-15m-fp32")
+BIG = ["world.model.hidden_size=512", "world.model.layers=6", "world.model.heads=8",
+       "world.model.intermediate_size=1024"]
 # What the `trl` arm changes in a bare DPOConfig(output_dir=...), and why.
 TRL_CHANGED = {
     "num_train_epochs": "set to ours (1.0) so both see every pair once (TRL's default is 3)",
@@ -85,19 +93,27 @@ def child(arm: str, pairs_file: str, policy_dir: str, out: str, epochs: float) -
     from stagealign.training.preference import to_trl_rows, train_preference
 
     rows = list(artifacts.iter_jsonl(Path(pairs_file)))
-    policy = load_policy(policy_dir)
+    if arm in DTYPE_ARMS:
+        from stagealign.testbed.policies import fresh_policy
+        from stagealign.testbed.world import World
+
+        if arm.endswith("fp32"):
+            os.environ["STAGEALIGN_CPU_BF16"] = "0"
+        policy = fresh_policy(World(load_config(None, ["policy.testbed=weak", *BIG]).world), seed=0)
+    else:
+        policy = load_policy(policy_dir)
     torch.manual_seed(0)
     rss0 = rss_mb()
     with tempfile.TemporaryDirectory() as work:
         t0, c0 = time.perf_counter(), time.process_time()
-        if arm in ("ours", "ours-trl-tokenize"):
+        if arm in ("ours", "ours-trl-tokenize", *DTYPE_ARMS):
             if arm == "ours-trl-tokenize":
                 import stagealign.training.preference as pref
 
                 pref.tokenize_pairs = lambda *a, **k: None  # TRL's per-row map runs
             cfg = load_config(None, ["policy.testbed=weak", f"training.epochs={epochs}"]).training
             res = train_preference(policy, rows, cfg, seed=0, work_dir=Path(work))
-            steps, loss, train_s = res.steps, res.final_loss, res.seconds
+            steps, loss, train_s, bf16 = res.steps, res.final_loss, res.seconds, res.metrics.get("bf16")
         else:
             from datasets import Dataset
             from trl import DPOConfig, DPOTrainer
@@ -110,11 +126,12 @@ def child(arm: str, pairs_file: str, policy_dir: str, out: str, epochs: float) -
             t1 = time.perf_counter()
             o = trainer.train()
             steps, loss, train_s = int(o.global_step), float(o.training_loss), time.perf_counter() - t1
+            bf16 = bool(args.bf16)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     rec = {"arm": arm, "seconds": seconds, "pairs": len(rows), "epochs": epochs, "steps": steps,
            "pairs_per_second": len(rows) * epochs / seconds, "cpu_seconds": cpu,
            "pairs_per_cpu_second": len(rows) * epochs / cpu, "setup_seconds": seconds - train_s,
-           "train_loop_seconds": train_s, "peak_rss_mb": peak_rss_mb(),
+           "train_loop_seconds": train_s, "bf16": bf16, "params": sum(p.numel() for p in policy.model.parameters()), "peak_rss_mb": peak_rss_mb(),
            "rss_before_mb": rss0, "final_loss": loss, "torch_threads": torch.get_num_threads()}
     rec["peak_rss_over_start_mb"] = rec["peak_rss_mb"] - rss0
     Path(out).write_text(json.dumps(rec))
@@ -138,7 +155,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--out", default=None, help="result file (default bench/results/train_throughput.json)")
-    ap.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
+    ap.add_argument("--dtype-pairs", type=int, default=256, help="pairs of the dtype check (0: skip it)")
+    ap.add_argument("--child", choices=ARMS + DTYPE_ARMS, help=argparse.SUPPRESS)
     ap.add_argument("--pairs-file", help=argparse.SUPPRESS)
     ap.add_argument("--policy-dir", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -166,8 +184,20 @@ def main() -> None:
                 print(f"repeat {r} {arm:17s} {rec['pairs_per_second']:8.1f} pairs/s  {rec['seconds']:6.1f} s (setup "
                       f"{rec['setup_seconds']:.1f}, CPU {rec['cpu_seconds']:.1f})  "
                       f"peak RSS {rec['peak_rss_mb']:.0f} MiB (+{rec['peak_rss_over_start_mb']:.0f})", flush=True)
+        if args.dtype_pairs:
+            from stagealign import artifacts
+
+            small = Path(d) / "pairs-dtype.jsonl"
+            artifacts.write_jsonl(small, list(artifacts.iter_jsonl(pairs_file))[: args.dtype_pairs])
+            for r in range(args.repeats):
+                for arm in (DTYPE_ARMS if r % 2 == 0 else DTYPE_ARMS[::-1]):
+                    rec = run_trial(arm, small, data["policy_dir"], args.epochs)
+                    rec["repeat"] = r
+                    trials.append(rec)
+                    print(f"repeat {r} {arm:17s} {rec['pairs_per_second']:8.1f} pairs/s  {rec['seconds']:6.1f} s "
+                          f"(bf16 {rec['bf16']}, CPU {rec['cpu_seconds']:.1f})", flush=True)
     med = {}
-    for arm in args.arms:
+    for arm in [*args.arms, *(DTYPE_ARMS if args.dtype_pairs else ())]:
         ts = [t for t in trials if t["arm"] == arm]
         med[arm] = {k: median([t[k] for t in ts]) for k in (
             "pairs_per_second", "seconds", "cpu_seconds", "pairs_per_cpu_second", "setup_seconds",
@@ -184,6 +214,15 @@ def main() -> None:
                 "peak_rss_over_start_base_over_ours": med[base]["peak_rss_over_start_mb"]
                 / max(med["ours"]["peak_rss_over_start_mb"], 1e-9),
             }
+    if "ours-15m" in med:
+        ratios["dtype_check"] = {
+            "bf16_used": bool(next(t["bf16"] for t in trials if t["arm"] == "ours-15m")),
+            "params": next(t["params"] for t in trials if t["arm"] == "ours-15m"),
+            "pairs_per_second_auto_over_fp32": med["ours-15m"]["pairs_per_second"]
+            / med["ours-15m-fp32"]["pairs_per_second"],
+            "pairs_per_cpu_second_auto_over_fp32": med["ours-15m"]["pairs_per_cpu_second"]
+            / med["ours-15m-fp32"]["pairs_per_cpu_second"],
+        }
     goal = 1.3
     result = {
         "args": {k: v for k, v in vars(args).items() if not k.startswith("child") and k not in ("pairs_file",
@@ -195,6 +234,10 @@ def main() -> None:
     }
     path = write_result("train_throughput", result, args.out)
     for base, r in ratios.items():
+        if base == "dtype_check":
+            print(f"dtype check ({r['params']:,} params, bf16 {r['bf16_used']}): "
+                  f"{r['pairs_per_second_auto_over_fp32']:.2f}x pairs/s over float32")
+            continue
         print(f"ours / {base}: {r['pairs_per_second_ours_over_base']:.2f}x pairs/s, peak RSS {base}/ours "
               f"{r['peak_rss_base_over_ours']:.2f}x")
     print(f"wrote {path}")

@@ -91,3 +91,39 @@ def test_trainer_uses_batched_path_and_trains(tmp_path):
     trainer = DPOTrainer(model=model, args=args, processing_class=tok, train_dataset=Dataset.from_list(ROWS))
     assert sorted(trainer.train_dataset.column_names) == sorted(COLS + ("ref_chosen_logps", "ref_rejected_logps"))
     assert trainer.train().global_step == 1
+
+
+def test_cpu_bf16_autocast_only_for_large_models_on_native_bf16_cpus(monkeypatch):
+    import stagealign.training.preference as pref
+
+    model = tiny_hf.build_model(tiny_hf.build_tokenizer())
+    monkeypatch.delenv("STAGEALIGN_CPU_BF16", raising=False)
+    assert pref.cpu_bf16_autocast(model) is False  # tiny: float32 is faster
+    monkeypatch.setattr(pref, "CPU_BF16_MIN_PARAMS", 0)
+    assert pref.cpu_bf16_autocast(model) is pref.cpu_native_bf16()
+    monkeypatch.setattr(pref, "cpu_native_bf16", lambda: False)
+    assert pref.cpu_bf16_autocast(model) is False  # no native bf16: never
+    monkeypatch.setattr(pref, "cpu_native_bf16", lambda: True)
+    monkeypatch.setenv("STAGEALIGN_CPU_BF16", "0")
+    assert pref.cpu_bf16_autocast(model) is False
+    monkeypatch.setattr(pref, "CPU_BF16_MIN_PARAMS", 10**12)
+    monkeypatch.setenv("STAGEALIGN_CPU_BF16", "1")
+    assert pref.cpu_bf16_autocast(model) is True
+
+
+def test_training_under_cpu_bf16_autocast_runs_and_is_recorded(monkeypatch, tmp_path):
+    import torch
+
+    import stagealign.training.preference as pref
+    from stagealign.config import TrainingConfig
+    from stagealign.policy import Policy
+
+    if torch.cuda.is_available() or not pref.cpu_native_bf16():
+        pytest.skip("needs a CPU with native bfloat16 and no CUDA")
+    monkeypatch.setenv("STAGEALIGN_CPU_BF16", "1")
+    tok = tiny_hf.build_tokenizer()
+    policy = Policy(model=tiny_hf.build_model(tok), tokenizer=tok, prompt_template="{prompt} =>")
+    rows = [{"prompt": "w1 w2", "chosen": "w3 w4", "rejected": "w20"}] * 8
+    res = pref.train_preference(policy, rows, TrainingConfig(batch_size=4), seed=0, work_dir=tmp_path)
+    assert res.metrics["bf16"] is True and res.steps == 2
+    assert next(policy.model.parameters()).dtype == torch.float32  # autocast: weights stay float32
