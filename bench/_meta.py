@@ -61,33 +61,35 @@ def write_result(name: str, payload: dict, out: str | Path | None = None) -> Pat
     return path
 
 
+def _proc_status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status (e.g. VmHWM, VmRSS) in MiB; None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, MiB.
 
     Linux: VmHWM of /proc/self/status (ru_maxrss would carry over the parent's high-water mark
     through fork + exec). Elsewhere ru_maxrss (KiB on Linux, bytes on macOS).
     """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 
 
 def rss_mb() -> float:
     """Current resident set size, MiB (VmRSS; the peak where /proc is missing)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mb()
+    now = _proc_status_mb("VmRSS")
+    return now if now is not None else peak_rss_mb()
 
 
 def median(values) -> float:

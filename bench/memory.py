@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,27 +38,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _meta import peak_rss_mb  # noqa: E402
 TINY = ["world.scale=small", "world.model.hidden_size=32", "world.model.layers=1", "world.model.heads=2",
         "world.model.intermediate_size=64"] + [
     f"world.policies.{n}.{k}={v}" for n in ("weak", "boundary", "strong")
     for k, v in (("examples", 512), ("epochs", 2), ("learning_rate", 0.005))]
-
-
-def _rss_mb() -> float:
-    """Peak resident set size of this process so far, MiB.
-
-    Linux: VmHWM of /proc/self/status (ru_maxrss would carry over the parent's high-water mark
-    through fork + exec). Elsewhere ru_maxrss (KiB on Linux, bytes on macOS).
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 
 
 def unique_prompts(n: int, n_families: int = 8, n_modifiers: int = 16) -> list[str]:
@@ -107,7 +91,7 @@ class _Phases:
 
     def _now(self, seconds: float) -> dict:
         if not self.trace:
-            return {"rss_peak_mb": _rss_mb(), "seconds": seconds}
+            return {"rss_peak_mb": peak_rss_mb(), "seconds": seconds}
         cur, peak = tracemalloc.get_traced_memory()
         return {"py_peak_mb": peak / 2**20, "py_retained_mb": cur / 2**20, "seconds": seconds}
 
