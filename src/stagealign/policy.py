@@ -32,6 +32,7 @@ class Policy:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     prompt_template: str | None = None  # used when the tokenizer has no chat template
+    trust_remote_code: bool = False  # what the user allowed at load; engines that reload it (vLLM) follow it
 
     @property
     def uses_chat_template(self) -> bool:
@@ -108,4 +109,4 @@ def load_policy(path: str | Path, *, tokenizer: str | None = None, dtype: str = 
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model.to(device())
-    return Policy(model=model, tokenizer=tok, prompt_template=prompt_template)
+    return Policy(model=model, tokenizer=tok, prompt_template=prompt_template, trust_remote_code=trust_remote_code)

@@ -73,7 +73,7 @@ def _llm(policy: Policy):
     kwargs = dict(model=path, tokenizer=str(getattr(policy.tokenizer, "name_or_path", "") or path),
                   dtype=str(policy.model.dtype).removeprefix("torch."), seed=0,
                   gpu_memory_utilization=round(0.9 * free / total, 3),
-                  trust_remote_code=bool(getattr(policy.model.config, "auto_map", None)))
+                  trust_remote_code=policy.trust_remote_code)  # only when the user asked for it
     if distributed.size() > 1:
         kwargs["distributed_executor_backend"] = "external_launcher"  # one engine per rank, as TRL colocates
     _engine = (path, LLM(**kwargs))
