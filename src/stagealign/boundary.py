@@ -95,13 +95,8 @@ def fit_context(policy: Policy, prompts: list[Prompt], max_new_tokens: int
 
 
 def votes_for(judge: Judge, prompt: str, on: list[str], off: list[str], hard: bool) -> np.ndarray:
-    """All M x K on-vs-static votes of one prompt (P(on beats static), or 0 / 1/2 / 1)."""
-    a = [x for x in on for _ in off]
-    b = [y for _ in on for y in off]
-    p = judge.prob([prompt] * len(a), a, b)
-    if hard:
-        p = np.where(p > 0.5, 1.0, np.where(p < 0.5, 0.0, 0.5))
-    return p
+    """All M x K on-vs-static votes of one prompt (P(on beats static), or 0 / 1/2 / 1), judged on their own."""
+    return votes_for_many(judge, [prompt], [on], [off], hard)[0]
 
 
 def votes_for_many(judge: Judge, prompts: list[str], on: list[list[str]], off: list[list[str]], hard: bool,

@@ -60,7 +60,7 @@ def evaluate(policy: Policy, prompts: list[Prompt], judge: Judge, cfg: EvalConfi
                "_given": {p.id: p.reference for p in prompts if p.reference}}
     for suffix, refs in against.items():  # vs the initial policy's answers; vs references given with prompts
         for name, j in (("judge", judge), ("truth", truth)):
-            if j is not None and refs and (w := _win_rate(j, prompts, answers, refs)) is not None:
+            if j is not None and (w := _win_rate(j, prompts, answers, refs)) is not None:
                 metrics[f"win_rate{suffix}_{name}"] = w
     if initial is not None and cfg.kl:
         def logprobs(model: Policy, rows: list[tuple[str, str]]) -> list[float]:
