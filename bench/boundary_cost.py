@@ -36,6 +36,7 @@ from _meta import write_result  # noqa: E402
 from stagealign.boundary import measure
 from stagealign.config import load_config
 from stagealign.pipeline import Run
+from stagealign.rundir import RunDir
 from stagealign.policy import load_policy
 from stagealign.providers import build_provider
 from stagealign.stats import SequentialProbe, proportion_ci
@@ -57,8 +58,8 @@ def checkpoints(out: Path, policies: list[str], scale: str) -> list[tuple[str, s
                                      f"schedule.path={src}", "boundary.enabled=false"])
             Run(cfg).execute()
             if src == "off":
-                found.append((f"{pol}@0", pol, Run(cfg).policy_dir(0)))
-            found.append((f"{pol}@1-{src}", pol, str(Path(cfg.run_dir) / "iter_1" / "model")))
+                found.append((f"{pol}@0", pol, Run(cfg).policy_path(0)))
+            found.append((f"{pol}@1-{src}", pol, str(RunDir(cfg.run_dir).model(1))))
     return found
 
 

@@ -4,7 +4,7 @@ Two measurements, each size in a fresh child process so that the peak RSS (the h
 VmHWM, or `ru_maxrss` off Linux) belongs to that size alone:
 
 * pool: a synthetic static pool of N prompts x 4 answers (the testbed's pool writers; prompts made
-  unique with a third modifier token) written to JSONL, then loaded with `data.loaders.load_pool`,
+  unique with a third modifier token) written to JSONL, then loaded with `data.pool.load_pool`,
   scored with a callable judge (the world's ground truth wrapped like the pipeline wraps it,
   `CachedJudge(CallableJudge(...))`, through `data.pairs.score_sets`, which calls the judge in
   chunks of `SCORE_CHUNK` candidates), paired with `make_pairs` and written with
@@ -106,7 +106,7 @@ class _Phases:
 
 def child_pool(path: Path, work: Path, trace: bool = False) -> dict:
     from stagealign import artifacts
-    from stagealign.data.loaders import load_pool
+    from stagealign.data.pool import load_pool
     from stagealign.data.pairs import SCORE_CHUNK, make_pairs, score_sets
     from stagealign.judges.base import CachedJudge, CallableJudge
 
@@ -130,7 +130,8 @@ def child_probe(n: int, trace: bool = False) -> dict:
     from stagealign.data.schema import Prompt
     from stagealign.judges.base import CachedJudge, CallableJudge
     from stagealign.policy import load_policy
-    from stagealign.providers import prompt_id, static_pool
+    from stagealign.data.schema import prompt_id
+    from stagealign.testbed.provider import static_pool
     from stagealign.testbed.policies import initial_policy_dir
     from stagealign.testbed.world import World
     from stagealign.training.common import quiet_libraries

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from stagealign import artifacts
-from stagealign.experiments import grid_metrics
+from stagealign.grid import grid_metrics
 from stagealign.report import markdown_table
 from stagealign.stats import diff_ci
 

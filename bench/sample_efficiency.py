@@ -57,13 +57,16 @@ def cell_rows(grid_dir: Path) -> list[dict]:
 
 def boundary_time_share(grid_dir: Path) -> dict | None:
     """Wall time of each iteration's boundary measurement over its training time, from the cells'
-    stage records (`iter_k/measure.json`, `iter_k/train.json`); shared iterations counted once."""
+    stage records (each iteration's measure and train results); shared iterations counted once."""
     from stagealign import artifacts
+    from stagealign.grid import MANIFEST
+    from stagealign.rundir import RunDir
 
     shares, tokens, seen = [], [], set()
-    for c in artifacts.read_json(grid_dir / "grid-cells.json")["cells"]:
-        for it in sorted((grid_dir / c["dir"]).glob("iter_*")):
-            m, t = it / "measure.json", it / "train.json"
+    for c in artifacts.read_json(grid_dir / MANIFEST)["cells"]:
+        run = RunDir(grid_dir / c["dir"])
+        for k in run.iterations():
+            m, t = run.stage_path(k, "measure"), run.stage_path(k, "train")
             if not (m.is_file() and t.is_file()):
                 continue
             mj, tj = artifacts.read_json(m), artifacts.read_json(t)
@@ -132,7 +135,7 @@ def main() -> None:
     if args.grid:
         grid_dir = Path(args.grid)
     else:
-        from stagealign.experiments import demo_config_path, load_grid_config, run_grid
+        from stagealign.grid import demo_config_path, load_grid_config, run_grid
 
         fmt = lambda xs: "[" + ",".join(str(x) for x in xs) + "]"  # noqa: E731
         base, spec = load_grid_config(demo_config_path(), [

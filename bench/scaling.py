@@ -43,7 +43,7 @@ def child(hidden: int, prompts: int, n: int, out: str) -> None:
     from stagealign.data.schema import CandidateSet
     from stagealign.generation.hf import sample
     from stagealign.judges.base import CachedJudge
-    from stagealign.providers import prompt_id
+    from stagealign.data.schema import prompt_id
     from stagealign.testbed.judges import GroundTruthJudge
     from stagealign.testbed.policies import fresh_policy
     from stagealign.testbed.world import World

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from stagealign import artifacts
-from stagealign.experiments import grid_metrics
+from stagealign.grid import grid_metrics
 from stagealign.report import markdown_table
 from stagealign.stats import diff_ci
 

@@ -14,6 +14,7 @@ from stagealign import artifacts
 from stagealign.annotations import annotations, raw_win_rate
 from stagealign.config import load_config
 from stagealign.pipeline import Run
+from stagealign.rundir import RunDir
 
 HERE = Path(__file__).parent  # the CLI imports the test judge `tiny_hf:score` from here
 WORST = "w20 w21 w22"  # the judge's lowest-scoring answer: a reference every answer can beat
@@ -35,14 +36,15 @@ def run_dir(tmp_path_factory):
 
 
 def test_annotations_reproduce_the_evaluation_win_rates(run_dir):
-    evaluation = artifacts.read_json(run_dir / "iter_1" / "evaluate.json")
+    evaluation = artifacts.read_json(RunDir(run_dir).stage_path(1, "evaluate"))
     given = annotations(run_dir, 1)  # the pool carries references: they are the default
     assert {r["output_1"] for r in given} == {WORST} and {r["generator_1"] for r in given} == {"reference"}
     assert len(given) == evaluation["answers"]
     assert all(1.0 <= r["preference"] <= 2.0 for r in given)
     assert raw_win_rate(given) == pytest.approx(100 * evaluation["win_rate_given_judge"]["mean"])
     initial = annotations(run_dir, 1, against="initial")
-    first = {r["prompt_id"]: r["answers"][0] for r in artifacts.iter_jsonl(run_dir / "iter_0" / "eval_answers.jsonl")}
+    answers0 = RunDir(run_dir).file(0, "eval_answers.jsonl")
+    first = {r["prompt_id"]: r["answers"][0] for r in artifacts.iter_jsonl(answers0)}
     assert all(r["output_1"] == first[r["prompt_id"]] and r["generator_1"] == "policy@0" for r in initial)
     assert raw_win_rate(initial) == pytest.approx(100 * evaluation["win_rate_judge"]["mean"])
     assert not np.isclose(raw_win_rate(given), raw_win_rate(initial))
@@ -52,7 +54,7 @@ def test_annotate_cli_writes_the_file_and_explains_what_is_missing(run_dir):
     res = cli("annotate", str(run_dir), "--iteration", "1", cwd=HERE)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    rows = json.loads((run_dir / "iter_1" / "annotations.json").read_text())
+    rows = json.loads(RunDir(run_dir).file(1, "annotations.json").read_text())
     assert out["comparisons"] == len(rows) and out["against"] == "reference"
     assert {"instruction", "output_1", "output_2", "generator_1", "generator_2", "annotator", "preference"} <= set(rows[0])
     res = cli("annotate", str(run_dir), "--iteration", "2", cwd=HERE)

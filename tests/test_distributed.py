@@ -21,6 +21,7 @@ from conftest import tiny_config
 from stagealign import artifacts, distributed
 from stagealign.config import dump_config
 from stagealign.pipeline import Run
+from stagealign.rundir import RunDir, stage_key
 
 LAUNCH_CONFIG = files("stagealign") / "configs" / "accelerate" / "cpu-2proc.yaml"
 EXTRA = ("policy.testbed=strong", "iterations=1", "schedule.kind=path", "schedule.path=on",
@@ -70,30 +71,32 @@ def test_two_cpu_processes_write_the_run_of_one(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
     d = Path(cfg.run_dir)
-    done = artifacts.read_json(d / "state.json")["done"]
-    assert done == ["iter_0/evaluate"] + [f"iter_1/{s}" for s in ("measure", "decide", "build", "train", "evaluate")]
-    assert (d / "iter_1" / "model" / "model.safetensors").is_file()
+    rd, rd1 = RunDir(d), RunDir(tmp_path / "one")
+    done = rd.done()
+    assert done == [stage_key(0, "evaluate")] + [stage_key(1, s) for s in ("measure", "decide", "build", "train",
+                                                                           "evaluate")]
+    assert (rd.model(1) / "model.safetensors").is_file()
     assert not list(d.rglob("*.tmp"))
     two = artifacts.read_json(d / "summary.json")
     row, row1 = two["iterations"][0], one["iterations"][0]
     assert all(_finite(row[k]) for k in ("bs", "before", "after", "pairs"))
 
     # everything before training is the single process's, number for number
-    pairs1 = artifacts.read_jsonl(tmp_path / "one" / "iter_1" / "pairs.jsonl")
-    pairs2 = artifacts.read_jsonl(d / "iter_1" / "pairs.jsonl")
+    pairs1 = artifacts.read_jsonl(rd1.file(1, "pairs.jsonl"))
+    pairs2 = artifacts.read_jsonl(rd.file(1, "pairs.jsonl"))
     assert len(pairs2) == len(pairs1) == row["pairs"] == row1["pairs"] > 0
     assert pairs2 == pairs1
     assert (row["bs"], row["source"], row["before"]) == (row1["bs"], row1["source"], row1["before"])
-    m1, m2 = (artifacts.read_json(r / "iter_1" / "measure.json") for r in (tmp_path / "one", d))
+    m1, m2 = (artifacts.read_json(r.stage_path(1, "measure")) for r in (rd1, rd))
     for key in ("bs", "lo", "hi", "prompts", "comparisons", "generations", "per_prompt"):
         assert m2[key] == m1[key], key
     # judge calls are summed over the ranks' shares; a prompt split between two shares has its
     # static answers scored on both, so the sum is at least one process's count
     assert m2["judge_calls"] >= m1["judge_calls"] > 0
-    build1 = artifacts.read_json(tmp_path / "one" / "iter_1" / "build.json")
-    build2 = artifacts.read_json(d / "iter_1" / "build.json")
+    build1 = artifacts.read_json(rd1.stage_path(1, "build"))
+    build2 = artifacts.read_json(rd.stage_path(1, "build"))
     assert build2["by_origin"] == build1["by_origin"] == {"onpolicy": row["pairs"]}
     # TRL trained with DDP over the 2 ranks: each rank took half the steps of one process
-    steps1 = artifacts.read_json(tmp_path / "one" / "iter_1" / "train.json")["steps"]
-    steps2 = artifacts.read_json(d / "iter_1" / "train.json")["steps"]
+    steps1 = artifacts.read_json(rd1.stage_path(1, "train"))["steps"]
+    steps2 = artifacts.read_json(rd.stage_path(1, "train"))["steps"]
     assert steps2 < steps1 or steps1 == 1

@@ -7,7 +7,8 @@ import pytest
 from conftest import cli, tiny_config
 from stagealign import artifacts
 from stagealign.config import ConfigError
-from stagealign.experiments import GridError, grid_cells, grid_metrics, load_grid_config, parse_grid, run_grid
+from stagealign.grid import GridError, grid_cells, grid_metrics, load_grid_config, parse_grid, run_grid
+from stagealign.rundir import RunDir, stage_key
 
 NAMES = ["path-off-off", "path-off-on", "path-on-off", "path-on-on", "auto"]
 
@@ -60,9 +61,10 @@ def test_grid_creates_every_cell(grid):
         assert c.dir == cell(out, c.name)
         s = artifacts.read_json(c.dir / "summary.json")
         assert len(s["iterations"]) == 2 and s["seed"] == 0 and s["method"] == "dpo"
-        done = artifacts.read_json(c.dir / "state.json")["done"]
-        assert sorted(done) == sorted(["iter_0/evaluate"] + [f"iter_{k}/{s}" for k in (1, 2) for s in
-                                                             ("measure", "decide", "build", "train", "evaluate")])
+        done = RunDir(c.dir).done()
+        every = [stage_key(0, "evaluate")] + [stage_key(k, s) for k in (1, 2)
+                                              for s in ("measure", "decide", "build", "train", "evaluate")]
+        assert sorted(done) == sorted(every)
     for name in NAMES[:4]:
         want = name.removeprefix("path-").split("-")
         got = [r["source"] for r in artifacts.read_json(cell(out, name) / "summary.json")["iterations"]]
@@ -77,17 +79,17 @@ def test_shared_prefixes_are_trained_once(grid):
     # distinct checkpoints: init, off, on, off-off, off-on, on-off, on-on; auto adopts its realised path
     assert calls == {"train": 6, "measure": 3, "evaluate": 7}
     for first in ("off", "on"):
-        a, b = cell(out, f"path-{first}-off"), cell(out, f"path-{first}-on")
+        a, b = RunDir(cell(out, f"path-{first}-off")), RunDir(cell(out, f"path-{first}-on"))
         for f in ("pairs.jsonl", "candidates.jsonl", "evaluate.json", "measure.json", "build.json"):
-            assert (a / "iter_1" / f).read_bytes() == (b / "iter_1" / f).read_bytes(), f
-        weights = "iter_1/model/model.safetensors"
-        assert (a / weights).read_bytes() == (b / weights).read_bytes()
+            assert a.file(1, f).read_bytes() == b.file(1, f).read_bytes(), f
+        weights = "model.safetensors"
+        assert (a.model(1) / weights).read_bytes() == (b.model(1) / weights).read_bytes()
         # the boundary score before iteration 2 is measured on the shared checkpoint, once
-        assert artifacts.read_json(a / "iter_2/measure.json") == artifacts.read_json(b / "iter_2/measure.json")
-        assert (a / "iter_2/pairs.jsonl").read_bytes() != (b / "iter_2/pairs.jsonl").read_bytes()
+        assert artifacts.read_json(a.stage_path(2, "measure")) == artifacts.read_json(b.stage_path(2, "measure"))
+        assert a.file(2, "pairs.jsonl").read_bytes() != b.file(2, "pairs.jsonl").read_bytes()
     # every cell made its own decisions (reason text is its own schedule's)
-    assert "auto" in artifacts.read_json(cell(out, "auto") / "iter_1/decide.json")["reason"]
-    assert "path step" in artifacts.read_json(cell(out, "path-off-on") / "iter_1/decide.json")["reason"]
+    assert "auto" in artifacts.read_json(RunDir(cell(out, "auto")).stage_path(1, "decide"))["reason"]
+    assert "path step" in artifacts.read_json(RunDir(cell(out, "path-off-on")).stage_path(1, "decide"))["reason"]
 
 
 def test_grid_json_keys_and_consistent_numbers(grid):
@@ -144,9 +146,10 @@ def test_rerunning_the_grid_redoes_nothing(grid, monkeypatch):
 
     for name in ("train_preference", "measure", "sample", "evaluate"):
         monkeypatch.setattr(pl, name, boom)
-    states = {p: p.read_text() for p in out.rglob("state.json")}
+    state = RunDir(out).state_path.name  # every cell's record of its finished stages
+    states = {p: p.read_text() for p in out.rglob(state)}
     assert run_grid(base, spec, out) == metrics
-    assert {p: p.read_text() for p in out.rglob("state.json")} == states
+    assert {p: p.read_text() for p in out.rglob(state)} == states
 
 
 def test_a_lost_cell_is_rebuilt_from_its_shared_prefix(grid, monkeypatch):
@@ -240,7 +243,7 @@ def test_grid_metrics_over_seeds_have_intervals(tmp_path):
 
 
 def test_calibration_summary_agreement_and_best_threshold():
-    from stagealign.experiments import calibration_summary
+    from stagealign.grid import calibration_summary
 
     def pt(bs, diff, sig=True):
         return {"bs": bs, "diff": diff, "significant": sig, "agree": (bs >= 0.5) == (diff > 0)}

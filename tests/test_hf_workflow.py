@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,6 +11,7 @@ from stagealign import artifacts
 from stagealign.config import load_config
 from stagealign.pipeline import Run
 from stagealign.policy import Policy, load_policy
+from stagealign.rundir import RunDir, stage_key
 from stagealign.training.preference import to_trl_rows
 
 
@@ -70,15 +69,15 @@ def _config(tmp_path, name: str, model, pool, *extra: str):
 
 
 def _check_run(cfg, summary, origin: str) -> list[dict]:
-    d = Path(cfg.run_dir)
+    d = RunDir(cfg.run_dir)
     assert summary["iterations"][0]["source"] == origin
-    pairs = artifacts.read_jsonl(d / "iter_1" / "pairs.jsonl")
+    pairs = artifacts.read_jsonl(d.file(1, "pairs.jsonl"))
     assert pairs and {p["origin"] for p in pairs} == {origin}
     assert all({"prompt", "chosen", "rejected"} <= set(p) for p in pairs)
-    files = {p.name for p in (d / "iter_1" / "model").iterdir()}
+    files = {p.name for p in d.model(1).iterdir()}
     assert "model.safetensors" in files and not any(f.startswith("adapter_") for f in files)
-    done = artifacts.read_json(d / "state.json")["done"]
-    assert all(f"iter_1/{stage}" in done for stage in ("measure", "decide", "build", "train", "evaluate"))
+    done = d.done()
+    assert all(stage_key(1, stage) in done for stage in ("measure", "decide", "build", "train", "evaluate"))
     return pairs
 
 
@@ -94,7 +93,7 @@ def test_hf_run_static_path_reranks_the_pool_with_the_judge(tmp_path):
         chosen, rejected = tiny_hf.score([p["prompt"]] * 2, [p["chosen"], p["rejected"]])
         assert chosen >= rejected
     start = load_policy(model).model.state_dict()
-    after = load_policy(tmp_path / "off" / "iter_1" / "model").model.state_dict()
+    after = load_policy(RunDir(tmp_path / "off").model(1)).model.state_dict()
     assert any(not torch.equal(start[k], after[k]) for k in start)
 
 
@@ -105,9 +104,9 @@ def test_hf_run_onpolicy_path_with_chat_template_and_lora_resumes(tmp_path):
                   "policy.lora.target_modules=[q_proj,v_proj]")
     summary = Run(cfg).execute()
     pairs = _check_run(cfg, summary, "onpolicy")
-    cand = artifacts.read_jsonl(tmp_path / "on" / "iter_1" / "candidates.jsonl")
+    cand = artifacts.read_jsonl(RunDir(tmp_path / "on").file(1, "candidates.jsonl"))
     assert all(s["sources"] == ["policy@0"] * len(s["candidates"]) for s in cand)
-    trained = load_policy(tmp_path / "on" / "iter_1" / "model")
+    trained = load_policy(RunDir(tmp_path / "on").model(1))
     assert trained.uses_chat_template  # the tokenizer and its template travel with every iteration
     start = load_policy(model).model.state_dict()
     changed = {k for k, v in trained.model.state_dict().items() if not torch.equal(v, start[k])}
@@ -124,17 +123,3 @@ def test_hf_run_too_small_pool_is_a_clear_error(tmp_path):
     cfg = _config(tmp_path, "tiny", model, pool, "schedule.path=off")
     with pytest.raises(ValueError, match="too few to hold out probe and eval prompts"):
         Run(cfg).execute()
-
-
-def test_judge_spec_maps_the_config_keys():
-    from stagealign.providers import judge_spec
-
-    base = ["policy.model=org/m", "data.pool=org/d"]
-    spec = judge_spec(load_config(None, [*base, "judge.kind=openai", "judge.path=gpt-4o-mini",
-                                         "judge.options.api_key_env=MY_KEY"]))
-    assert spec == {"kind": "openai", "model": "gpt-4o-mini", "api_key_env": "MY_KEY"}
-    spec = judge_spec(load_config(None, [*base, "judge.kind=reward_model", "judge.path=org/rm",
-                                         "judge.temperature=0.5", "judge.batch_size=4"]))
-    assert spec == {"kind": "reward_model", "path": "org/rm", "batch_size": 4, "temperature": 0.5}
-    spec = judge_spec(load_config(None, [*base, "judge.kind=pairrm"]))
-    assert spec == {"kind": "pairrm", "batch_size": 32}

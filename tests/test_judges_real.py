@@ -28,7 +28,8 @@ from stagealign.judges.pairrm import (  # noqa: E402
     comparison_matrix,
     rank_best_worst,
 )
-from stagealign.judges.registry import build_judge, known_kinds  # noqa: E402
+from stagealign import plugins  # noqa: E402
+from stagealign.judges.registry import JudgeKind, build_judge, kinds  # noqa: E402
 from stagealign.judges.reward_model import RewardModelJudge  # noqa: E402
 
 WORDS = ("hello how are you fine thanks bye good bad the a is what time it sun moon red blue "
@@ -465,38 +466,46 @@ def test_registry_callable_judge(monkeypatch):
         build_judge({"kind": "callable", "path": f"{mod.__name__}:missing"})
     with pytest.raises(ValueError, match="not callable"):
         build_judge({"kind": "callable", "path": f"{mod.__name__}:not_callable"})
-    with pytest.raises(ValueError, match="accepted arguments"):
+    with pytest.raises(ValueError, match="not accepted by the callable judge"):
         build_judge({"kind": "callable", "path": f"{mod.__name__}:length_scores", "bogus": 1})
 
 
-def test_registry_errors_and_extra_kinds(rm_dir, pairrm_dir, monkeypatch):
+def test_registry_errors_and_plugin_kinds(rm_dir, pairrm_dir, monkeypatch):
     with pytest.raises(ValueError) as err:
         build_judge({"kind": "magic"})
     for kind in ("reward_model", "pairrm", "openai", "callable"):
         assert kind in str(err.value)
     with pytest.raises(ValueError, match="kind"):
         build_judge({"path": "x"})
-    with pytest.raises(ValueError, match="accepted arguments"):
+    with pytest.raises(ValueError, match="not accepted by the reward_model judge"):
         build_judge({"kind": "reward_model", "path": rm_dir, "batchsize": 3})
-    with pytest.raises(ValueError, match="needs 'path'"):
+    with pytest.raises(ValueError, match="needs judge.path"):
         build_judge({"kind": "reward_model"})
 
     built = []
 
-    def ground_truth(noise: float = 0.0) -> Judge:
+    def magic(noise: float = 0.0) -> Judge:
         built.append(noise)
-        return CallableJudge(_length_scores, name="ground_truth")
+        return CallableJudge(_length_scores, name="magic")
 
-    extra = {"ground_truth": ground_truth}
-    assert "ground_truth" in known_kinds(extra)
-    assert build_judge({"kind": "ground_truth", "noise": 0.1}, extra=extra).name == "ground_truth"
+    installed = plugins.judge_kinds
+
+    def plugin_kinds(**found):  # what installed plugins register through `Plugin.judges`
+        monkeypatch.setattr(plugins, "judge_kinds", lambda: found)
+
+    plugin_kinds(magic=JudgeKind("magic", magic, pairwise_only=False))
+    assert "magic" in kinds()
+    assert build_judge({"kind": "magic", "noise": 0.1}).name == "magic"
     assert built == [0.1]
-    with pytest.raises(ValueError, match="ground_truth"):
-        build_judge({"kind": "nope"}, extra=extra)
+    with pytest.raises(ValueError, match="magic"):
+        build_judge({"kind": "nope"})
+    plugin_kinds(callable=JudgeKind("callable", magic, pairwise_only=False))
     with pytest.raises(ValueError, match="clash"):
-        build_judge({"kind": "callable", "path": "x:y"}, extra={"callable": ground_truth})
+        build_judge({"kind": "callable", "path": "x:y"})
+    plugin_kinds(bad=JudgeKind("bad", lambda: object(), pairwise_only=False))
     with pytest.raises(ValueError, match="not a Judge"):
-        build_judge({"kind": "bad"}, extra={"bad": lambda: object()})
+        build_judge({"kind": "bad"})
+    monkeypatch.setattr(plugins, "judge_kinds", installed)
 
     rm = build_judge({"kind": "reward_model", "path": rm_dir, "batch_size": 2, "device": "cpu"})
     assert isinstance(rm, RewardModelJudge) and rm.batch_size == 2

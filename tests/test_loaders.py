@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from stagealign.artifacts import ArtifactError
-from stagealign.data.loaders import (
+from stagealign.data.pool import (
     LoaderError,
     Pool,
     detect_format,
     load_pool,
-    prompt_hash,
     read_pool,
     save_pool,
 )
+from stagealign.data.schema import prompt_id
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -51,7 +51,7 @@ UF_ROWS = [
 def test_ultrafeedback(tmp_path):
     pool = load_pool(write_jsonl(tmp_path / "uf.jsonl", UF_ROWS), format="ultrafeedback")
     assert isinstance(pool, Pool) and pool.format == "ultrafeedback" and len(pool) == 2
-    pid = prompt_hash("What is 2+2?")
+    pid = prompt_id("What is 2+2?")
     cs = pool.sets[pid]
     assert cs.prompt == "What is 2+2?" and cs.candidates == ["4", "four", "5"]
     assert cs.sources == ["m0", "m1", "m2"] and cs.scores == [9.0, 8.5, 2.0]
@@ -69,8 +69,8 @@ def test_ultrafeedback_fine_grained_and_no_scores(tmp_path):
                                          {"model": "b", "response": "z"}]}]
     pool = load_pool(write_jsonl(tmp_path / "uf.jsonl", rows))
     assert pool.format == "ultrafeedback"
-    assert pool.sets[prompt_hash("p1")].scores == [4.25, 3.0]
-    assert pool.sets[prompt_hash("p2")].scores is None
+    assert pool.sets[prompt_id("p1")].scores == [4.25, 3.0]
+    assert pool.sets[prompt_id("p2")].scores is None
 
 
 def test_binarized_plain(tmp_path):
@@ -80,11 +80,11 @@ def test_binarized_plain(tmp_path):
         {"prompt": "Q2", "chosen": "yes", "rejected": "no"},
     ]
     pool = load_pool(write_jsonl(tmp_path / "b.jsonl", rows), format="binarized")
-    q1 = pool.sets[prompt_hash("Q1")]
+    q1 = pool.sets[prompt_id("Q1")]
     assert q1.candidates == ["good", "bad", "worse"] and q1.scores == [8.0, 3.0, 1.0]
-    assert pool.labels[prompt_hash("Q1")] == (0, 1)
-    assert pool.label_pairs[prompt_hash("Q1")] == [(0, 1), (0, 2)]
-    assert pool.labels[prompt_hash("Q2")] == (0, 1) and pool.sets[prompt_hash("Q2")].scores is None
+    assert pool.labels[prompt_id("Q1")] == (0, 1)
+    assert pool.label_pairs[prompt_id("Q1")] == [(0, 1), (0, 2)]
+    assert pool.labels[prompt_id("Q2")] == (0, 1) and pool.sets[prompt_id("Q2")].scores is None
     assert pool.skipped == {}  # repeating "good" across rows is normal, not a problem
 
 
@@ -104,8 +104,8 @@ def test_binarized_conversational(tmp_path):
     assert pool.format == "binarized"
     assert pool.sets["abc"].candidates == ["Hello!", "Go away."]
     assert pool.sets["abc"].prompt == "Hi?"
-    assert pool.sets[prompt_hash("Sum?")].candidates == ["2", "3"]
-    assert pool.sets[prompt_hash("Why?")].candidates == ["Because.", "Dunno."]
+    assert pool.sets[prompt_id("Sum?")].candidates == ["2", "3"]
+    assert pool.sets[prompt_id("Why?")].candidates == ["Because.", "Dunno."]
     assert pool.labels == {k: (0, 1) for k in pool.sets}
 
 
@@ -123,7 +123,7 @@ def test_generic_responses(tmp_path):
     pool = load_pool(write_jsonl(tmp_path / "g.jsonl", rows))
     assert pool.format == "generic"
     assert pool.sets["7"].sources == ["x", "y", "z"] and pool.sets["7"].scores == [1.0, 2.0, 3.0]
-    assert pool.sets[prompt_hash("Q")].sources == ["unknown", "unknown"]
+    assert pool.sets[prompt_id("Q")].sources == ["unknown", "unknown"]
 
 
 def test_generic_one_response_per_row(tmp_path):
@@ -133,7 +133,7 @@ def test_generic_one_response_per_row(tmp_path):
             {"id": 4, "prompt": "Q", "response": "y"}]
     pool = load_pool(write_jsonl(tmp_path / "g.jsonl", rows), format="generic")
     assert [p.text for p in pool.prompts] == ["P", "Q"]  # per-row `id` does not split prompts
-    p = pool.sets[prompt_hash("P")]
+    p = pool.sets[prompt_id("P")]
     assert p.candidates == ["a", "b"] and p.sources == ["m1", "m2"] and p.scores == [0.5, 0.7]
 
 
@@ -159,8 +159,8 @@ def test_parquet_via_pandas(tmp_path):
     ]).to_parquet(path)
     pool = load_pool(path)
     assert pool.format == "binarized" and len(pool) == 2
-    assert pool.sets[prompt_hash("Hi?")].candidates == ["Hello!", "Bye."]
-    assert pool.sets[prompt_hash("Yo?")].scores == [5.0, 4.0]
+    assert pool.sets[prompt_id("Hi?")].candidates == ["Hello!", "Bye."]
+    assert pool.sets[prompt_id("Yo?")].scores == [5.0, 4.0]
 
 
 def test_json_array_and_directory_split(tmp_path):
@@ -321,12 +321,12 @@ def test_row_problems_are_skipped_and_counted(tmp_path, caplog):
         {"prompt": "mm", "responses": ["a", "b"], "models": ["x"]},  # length mismatch
         {"prompt": "sc", "responses": ["a", "b"], "scores": [1, "high"]},  # bad score -> partial
     ]
-    with caplog.at_level(logging.WARNING, logger="stagealign.data.loaders"):
+    with caplog.at_level(logging.WARNING, logger="stagealign.data"):
         pool = load_pool(write_jsonl(tmp_path / "g.jsonl", rows))
     assert [p.text for p in pool.prompts] == ["ok", "e", "d", "sc"]
-    assert pool.sets[prompt_hash("e")].candidates == ["a", "b"]
-    assert pool.sets[prompt_hash("d")].candidates == ["same", "other"]
-    assert pool.sets[prompt_hash("sc")].scores is None
+    assert pool.sets[prompt_id("e")].candidates == ["a", "b"]
+    assert pool.sets[prompt_id("d")].candidates == ["same", "other"]
+    assert pool.sets[prompt_id("sc")].scores is None
     assert pool.skipped == {
         "bad_answer": 1, "bad_prompt": 1, "bad_score": 1, "duplicate_answer": 2,
         "empty_answer": 1, "empty_prompt": 1, "length_mismatch": 1, "missing_answers": 1,
@@ -370,9 +370,9 @@ def test_binarized_bad_rows(tmp_path):
         {"prompt": "T", "chosen": "x"},                                   # rejected missing
     ]
     pool = load_pool(write_jsonl(tmp_path / "b.jsonl", rows))
-    q = pool.sets[prompt_hash("Q")]
+    q = pool.sets[prompt_id("Q")]
     assert q.candidates == ["good", "bad", "same"]
-    assert pool.label_pairs == {prompt_hash("Q"): [(0, 1)]}
+    assert pool.label_pairs == {prompt_id("Q"): [(0, 1)]}
     assert pool.skipped == {"bad_answer": 2, "chosen_equals_rejected": 1, "empty_answer": 1,
                             "missing_answers": 1}
     strict_path = write_jsonl(tmp_path / "s.jsonl", [rows[0], rows[3]])
@@ -397,7 +397,7 @@ def test_ultrafeedback_bad_completions(tmp_path):
                 {"model": "n", "response": "b", "overall_score": float("nan")},
                 {"model": "o", "response": "c", "overall_score": 3}]}]
     pool = load_pool(write_jsonl(tmp_path / "uf.jsonl", rows))
-    r = pool.sets[prompt_hash("r")]
+    r = pool.sets[prompt_id("r")]
     assert r.candidates == ["a", "b", "c"] and r.scores is None  # the NaN made scores partial
     assert pool.skipped == {"bad_answer": 1, "bad_score": 1, "partial_scores": 1}
 
@@ -415,7 +415,7 @@ def test_save_read_round_trip(tmp_path):
     assert (tmp_path / "run" / "pool.meta.json").exists()
     back = read_pool(out)
     assert back == pool
-    assert back.label_pairs[prompt_hash("Q")] == [(0, 1), (1, 2)]
+    assert back.label_pairs[prompt_id("Q")] == [(0, 1), (1, 2)]
     # the rows are plain CandidateSet rows
     first = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
     assert set(first) == {"prompt_id", "prompt", "candidates", "sources", "origin", "iteration", "scores"}

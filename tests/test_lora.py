@@ -9,6 +9,7 @@ import torch
 import tiny_hf
 from stagealign.config import LoraSettings, TrainingConfig
 from stagealign.policy import load_policy, merge_adapter
+from stagealign.rundir import RunDir
 from stagealign.training.preference import lora_config, train_preference
 
 TRAIN = TrainingConfig(batch_size=8, learning_rate=5e-3, epochs=2, beta=0.1)
@@ -57,7 +58,7 @@ def test_only_the_adapter_trains_and_the_merged_policy_saves_plain(start, tmp_pa
         logits_merged = policy.model(**ids).logits
     torch.testing.assert_close(logits_merged, logits_adapter, rtol=1e-4, atol=1e-5)
 
-    out = tmp_path / "iter_1" / "model"
+    out = RunDir(tmp_path).model(1)
     policy.save(out)
     files = {p.name for p in out.iterdir()}
     assert "model.safetensors" in files and "config.json" in files

@@ -14,10 +14,11 @@ from conftest import tiny_config, tiny_world_overrides
 from stagealign import artifacts
 from stagealign.config import ConfigError, dump_config
 from stagealign.pipeline import Run
+from stagealign.rundir import RunDir, stage_key
 
 
 def _numbers(run_dir):
-    s = artifacts.read_json(run_dir / "summary.json")
+    s = RunDir(run_dir).read_summary()
     return [(r["source"], r["bs"], r["pairs"], r["after"], r["kl"]) for r in s["iterations"]]
 
 
@@ -31,16 +32,16 @@ def auto_run(tmp_path_factory):
 
 def test_run_writes_every_artifact(auto_run):
     d, cfg, summary = auto_run
-    assert (d / "config.yaml").read_text() == dump_config(cfg)
-    done = artifacts.read_json(d / "state.json")["done"]
-    assert done[0] == "iter_0/evaluate" and len(done) == 1 + 5 * cfg.iterations
+    rd = RunDir(d)
+    assert rd.config_path.read_text() == dump_config(cfg)
+    done = rd.done()
+    assert done[0] == stage_key(0, "evaluate") and len(done) == 1 + 5 * cfg.iterations
     for k in (1, 2):
-        it = d / f"iter_{k}"
-        assert (it / "model" / "model.safetensors").is_file() and (it / "model" / "tokenizer.json").is_file()
-        pairs = artifacts.read_jsonl(it / "pairs.jsonl")
+        assert (rd.model(k) / "model.safetensors").is_file() and (rd.model(k) / "tokenizer.json").is_file()
+        pairs = artifacts.read_jsonl(rd.file(k, "pairs.jsonl"))
         assert pairs and {"prompt", "chosen", "rejected", "origin", "iteration", "margin"} <= set(pairs[0])
         assert all(p["iteration"] == k and p["margin"] > 0 for p in pairs)
-        bs = artifacts.read_json(it / "measure.json")
+        bs = artifacts.read_json(rd.stage_path(k, "measure"))
         assert 0 <= bs["lo"] <= bs["bs"] <= bs["hi"] <= 1
         assert bs["decision"] in ("injection", "fine-tuning", "uncertain")
         assert bs["generations"] > 0 and bs["judge_calls"] > 0 and bs["seconds"] > 0
@@ -80,7 +81,7 @@ def test_onpolicy_path_builds_onpolicy_pairs_and_slic_runs(tmp_path):
     cfg = tiny_config(d, "policy.testbed=strong", "iterations=1", "schedule.kind=path", "schedule.path=on",
                       "training.method=slic-hf", "boundary.enabled=false")
     s = Run(cfg).execute()
-    pairs = artifacts.read_jsonl(d / "iter_1" / "pairs.jsonl")
+    pairs = artifacts.read_jsonl(RunDir(d).file(1, "pairs.jsonl"))
     assert {p["origin"] for p in pairs} == {"onpolicy"}
     assert all(p["chosen_source"] == "policy@0" for p in pairs)
     assert s["iterations"][0]["bs"] is None and s["method"] == "slic-hf"
@@ -104,24 +105,25 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(tmp_path):
 
     cmd = [*_cli_run(killed_dir)[:4], str(empty), *_cli_run(killed_dir)[5:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed_dir / "state.json"
+    killed = RunDir(killed_dir)
+    state = killed.state_path
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until the build stage is recorded: training starts next
-        if state.is_file() and "iter_1/build" in json.loads(state.read_text())["done"]:
+        if state.is_file() and stage_key(1, "build") in json.loads(state.read_text())["done"]:
             break
         time.sleep(0.05)
     time.sleep(0.8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = json.loads(state.read_text())["done"]
-    assert "iter_1/build" in done and "iter_1/train" not in done, f"not killed during training: {done}"
-    assert not (killed_dir / "iter_1" / "model").exists()
+    assert stage_key(1, "build") in done and stage_key(1, "train") not in done, f"not killed during training: {done}"
+    assert not killed.model(1).exists()
 
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _numbers(killed_dir) == _numbers(ref_dir)
-    assert artifacts.read_jsonl(killed_dir / "iter_1" / "pairs.jsonl") == artifacts.read_jsonl(
-        ref_dir / "iter_1" / "pairs.jsonl")
+    assert artifacts.read_jsonl(killed.file(1, "pairs.jsonl")) == artifacts.read_jsonl(
+        RunDir(ref_dir).file(1, "pairs.jsonl"))
 
 
 def test_ipo_with_tensorboard_logging(tmp_path):
@@ -130,7 +132,8 @@ def test_ipo_with_tensorboard_logging(tmp_path):
                       "report_to=tensorboard", "training.reference=initial")
     s = Run(cfg).execute()
     assert s["method"] == "ipo" and s["iterations"][0]["source"] == "static"
-    train = artifacts.read_json(d / "iter_1" / "train.json")
+    rd = RunDir(d)
+    train = artifacts.read_json(rd.stage_path(1, "train"))
     assert train["steps"] > 0 and all(math.isfinite(h["loss"]) for h in train["log_history"] if "loss" in h)
-    assert list((d / "tensorboard").glob("events.out.tfevents.*")), "pipeline scalars not logged"
-    assert list((d / "iter_1" / "work").rglob("events.out.tfevents.*")), "TRL training not logged"
+    assert list(rd.tensorboard_dir.glob("events.out.tfevents.*")), "pipeline scalars not logged"
+    assert list(rd.work(1).rglob("events.out.tfevents.*")), "TRL training not logged"

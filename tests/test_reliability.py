@@ -16,6 +16,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from stagealign import artifacts
 from stagealign.artifacts import ArtifactError
 from stagealign.config import dump_config, load_config
 from stagealign.pipeline import Run
+from stagealign.rundir import STAGES, RunDir, relative, stage_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,10 +82,12 @@ def assert_clean(root: Path) -> None:
         artifacts.read_json(p)
     for p in root.rglob("*.jsonl"):
         artifacts.read_jsonl(p)
-    state = root / "state.json"
-    if state.is_file():
-        for key in artifacts.read_json(state)["done"]:
-            assert (root / f"{key}.json").is_file(), f"{key} recorded but its artifact is missing"
+    run = RunDir(root)
+    if run.state_path.is_file():
+        done = run.done()
+        stage_files = {stage_key(k, s): run.stage_path(k, s) for k in range(len(done) + 1) for s in STAGES}
+        for key in done:
+            assert key in stage_files and stage_files[key].is_file(), f"{key} recorded but its artifact is missing"
 
 
 def one_error_line(code: int, err: str, exc) -> str:
@@ -117,8 +121,8 @@ def hf_model(world):
 
 def pool_rows(world, n: int, start: int = 0) -> list[dict]:
     """Generic-format rows: testbed prompts with the static pool's four answers."""
-    from stagealign.data.schema import Prompt
-    from stagealign.providers import prompt_id, static_pool
+    from stagealign.data.schema import Prompt, prompt_id
+    from stagealign.testbed.provider import static_pool
 
     prompts = [Prompt(prompt_id(t), t) for t in world.prompts("train")[start:start + n]]
     return [{"prompt": s.prompt, "responses": s.candidates, "models": s.sources}
@@ -245,8 +249,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing_partial(name, tmp_path,
     run = tmp_path / "run"
     assert_clean(run)
     if name.startswith("training"):  # the failed stage is not recorded and left no model
-        assert "iter_1/train" not in artifacts.read_json(run / "state.json")["done"]
-        assert not (run / "iter_1" / "model").exists()
+        assert stage_key(1, "train") not in artifacts.read_json(RunDir(run).state_path)["done"]
+        assert not RunDir(run).model(1).exists()
 
 
 MEASURE_CASES = ["pool: broken JSON line", "checkpoint: nonexistent", "probe: every prompt too long", "judge: NaN"]
@@ -295,7 +299,7 @@ def test_row_problems_are_skipped_and_counted_and_a_corrected_config_reuses_the_
     run = tmp_path / "run"
     code, _, err, exc = run_cli("run", *hf_args(run, hf_model, tmp_path / "typo-pool.jsonl"))
     assert "no such file" in one_error_line(code, err, exc)
-    assert (run / "config.yaml").is_file() and not (run / "state.json").exists()
+    assert RunDir(run).config_path.is_file() and not RunDir(run).state_path.exists()
 
     good = pool_rows(world, 120)
     a = good[0]["responses"]
@@ -322,7 +326,7 @@ def test_row_problems_are_skipped_and_counted_and_a_corrected_config_reuses_the_
     assert data["skipped"]["prompt_too_long"] == 3 and len(data["prompt_too_long_ids"]) == 3
     assert data["max_prompt_tokens"] == 64 - 12
     assert sum(data["prompts"].values()) == 120 + 3 + 8  # kept: 3 rows with one bad answer, 8 with a long one
-    assert artifacts.read_json(run / "iter_1" / "build.json")["pairs"] > 0
+    assert artifacts.read_json(RunDir(run).stage_path(1, "build"))["pairs"] > 0
     (max_length, longest), = seen
     assert max_length == 64 and longest > 64  # trained, truncated to the context
     assert_clean(run)
@@ -365,13 +369,14 @@ def test_run_dir_in_use_and_corrupted_artifact_are_one_line_errors(tmp_path):
     assert "another process" in one_error_line(code, err, exc)
     # a recorded stage whose artifact was damaged by hand: named, not silently recomputed
     cfg = load_config(None, args[1:])
-    (run / "config.yaml").write_text(dump_config(cfg))
-    (run / "state.json").write_text(json.dumps({"done": ["iter_0/evaluate"]}))
-    (run / "iter_0").mkdir()
-    (run / "iter_0" / "evaluate.json").write_text('{"reward": {"mean": 0.1')
+    rd = RunDir(run)
+    rd.config_path.write_text(dump_config(cfg))
+    rd.state_path.write_text(json.dumps({"done": [stage_key(0, "evaluate")]}))
+    rd.iteration(0).mkdir()
+    rd.stage_path(0, "evaluate").write_text('{"reward": {"mean": 0.1')
     code, _, err, exc = run_cli("run", *args)
     line = one_error_line(code, err, exc)
-    assert str(run / "iter_0" / "evaluate.json") in line and "not valid JSON" in line
+    assert str(rd.stage_path(0, "evaluate")) in line and "not valid JSON" in line
 
 
 # =========================================================================== 2. interruptions
@@ -379,11 +384,17 @@ def test_run_dir_in_use_and_corrupted_artifact_are_one_line_errors(tmp_path):
 KILL_ARGS = ("policy.testbed=boundary", "iterations=1", "schedule.kind=path", "schedule.path=on")
 
 
+# the stage keys of a one-iteration run, in the order they are recorded
+ONE_ITERATION = [stage_key(0, "evaluate"), *(stage_key(1, s) for s in ("measure", "decide", "build", "train",
+                                                                       "evaluate"))]
+
+
 def _stage_files(run: Path, key: str) -> list[Path]:
-    it, stage = key.split("/")
-    extra = {"build": ["candidates.jsonl", "pairs.jsonl"], "train": ["model/model.safetensors"],
-             "evaluate": ["eval_answers.jsonl"]}.get(stage, [])
-    return [run / it / f"{stage}.json", *(run / it / e for e in extra)]
+    rd = RunDir(run)
+    k, stage = {stage_key(k, s): (k, s) for k in (0, 1) for s in STAGES}[key]
+    extra = {"build": [rd.file(k, "candidates.jsonl"), rd.file(k, "pairs.jsonl")],
+             "train": [rd.model(k) / "model.safetensors"], "evaluate": [rd.file(k, "eval_answers.jsonl")]}
+    return [rd.stage_path(k, stage), *extra.get(stage, [])]
 
 
 def _comparable(run: Path) -> dict:
@@ -397,15 +408,16 @@ def _comparable(run: Path) -> dict:
             return [strip(v) for v in d]
         return d
 
-    out = {"summary": strip(artifacts.read_json(run / "summary.json")),
-           "state": artifacts.read_json(run / "state.json")["done"]}
+    rd = RunDir(run)
+    out = {"summary": strip(artifacts.read_json(rd.summary_path)),
+           "state": artifacts.read_json(rd.state_path)["done"]}
     for k in (0, 1):
-        d = run / f"iter_{k}"
+        d = rd.iteration(k)
         for p in sorted(d.glob("*.json")):
             out[f"{k}/{p.name}"] = strip(artifacts.read_json(p))
         for p in sorted(d.glob("*.jsonl")):
             out[f"{k}/{p.name}"] = artifacts.read_jsonl(p)
-    out["weights"] = zlib.crc32((run / "iter_1" / "model" / "model.safetensors").read_bytes())
+    out["weights"] = zlib.crc32((rd.model(1) / "model.safetensors").read_bytes())
     return out
 
 
@@ -424,14 +436,13 @@ def _killed_child(run_dir: str, point: str) -> None:  # runs in a spawned proces
 
 # point -> (stages recorded when killed, whether a temporary is left behind)
 KILL_POINTS = {
-    "write:state.json": ([], True),                                          # marking iter_0/evaluate
-    "iter_1/measure:after-artifact": (["iter_0/evaluate"], False),
-    "write:iter_1/pairs.jsonl": (["iter_0/evaluate", "iter_1/measure", "iter_1/decide"], True),
-    "train-step:3": (["iter_0/evaluate", "iter_1/measure", "iter_1/decide", "iter_1/build"], False),  # mid-TRL
-    "write:iter_1/model": (["iter_0/evaluate", "iter_1/measure", "iter_1/decide", "iter_1/build"], True),
-    "iter_1/train:after-artifact": (["iter_0/evaluate", "iter_1/measure", "iter_1/decide", "iter_1/build"], False),
-    "write:iter_1/eval_answers.jsonl": (["iter_0/evaluate", "iter_1/measure", "iter_1/decide", "iter_1/build",
-                                         "iter_1/train"], True),
+    f"write:{RunDir('.').state_path.name}": ([], True),  # recording iteration 0's evaluation
+    f"{stage_key(1, 'measure')}:after-artifact": (ONE_ITERATION[:1], False),
+    f"write:{relative(1, 'pairs.jsonl')}": (ONE_ITERATION[:3], True),  # evaluate 0, measure 1, decide 1
+    "train-step:3": (ONE_ITERATION[:4], False),  # mid-TRL, after build 1
+    f"write:{relative(1, 'model')}": (ONE_ITERATION[:4], True),
+    f"{stage_key(1, 'train')}:after-artifact": (ONE_ITERATION[:4], False),
+    f"write:{relative(1, 'eval_answers.jsonl')}": (ONE_ITERATION[:5], True),  # ... train 1
 }
 
 
@@ -449,7 +460,7 @@ def test_sigkill_at_each_stage_then_resume_matches_uninterrupted(point, tmp_path
     assert child.exitcode == -9, f"{point}: not killed (exit code {child.exitcode})"
 
     done_expected, leaves_temp = KILL_POINTS[point]
-    state = run / "state.json"
+    state = RunDir(run).state_path
     done = artifacts.read_json(state)["done"] if state.is_file() else []
     assert done == done_expected
     temps = [p for p in run.rglob(".*.tmp")]
@@ -514,7 +525,8 @@ def test_failed_writes_keep_the_previous_artifact_and_leave_no_temporaries(tmp_p
 def test_recover_restores_a_parked_directory_and_drops_temporaries_only(tmp_path):
     import tempfile
 
-    it = tmp_path / "iter_1"
+    rd = RunDir(tmp_path)
+    it = rd.iteration(1)
     (it / ".model.old").mkdir(parents=True)
     (it / ".model.old" / "w.bin").write_text("weights")
     half = Path(tempfile.mkdtemp(prefix=".pairs.jsonl.", suffix=".tmp", dir=it))
@@ -523,25 +535,31 @@ def test_recover_restores_a_parked_directory_and_drops_temporaries_only(tmp_path
     for p in mine:  # the user's own files, a name atomic_path never makes, a folder a run never writes to
         p.parent.mkdir(parents=True, exist_ok=True)
         p.mkdir() if p.parent.name == "sub" else p.write_text("keep")
-    assert artifacts.recover(tmp_path) == {"removed": 1, "restored": 1}
-    assert (it / "model" / "w.bin").read_text() == "weights" and not half.exists()
+    # the run directory and its iteration folders, as RunDir.session() passes them
+    cleaned = [rd.root, *(rd.iteration(k) for k in rd.iterations())]
+    assert artifacts.recover(cleaned) == {"removed": 1, "restored": 1}
+    assert (rd.model(1) / "w.bin").read_text() == "weights" and not half.exists()
     assert all(p.exists() for p in mine)
 
 
 def test_disk_full_during_a_run_keeps_state_then_rerun_matches(tmp_path, reference, monkeypatch):
-    """ENOSPC when recording iter_1/build: state.json keeps its previous content, nothing half
-    written stays, and re-running the command completes with the uninterrupted numbers."""
+    """ENOSPC when recording iteration 1's build stage: the record of finished stages keeps its
+    previous content, nothing half written stays, and re-running the command completes with the
+    uninterrupted numbers."""
     _, ref = reference
     run = tmp_path / "full"
+    state = RunDir(run).state_path
 
     def full(src, dst):
-        return dst.name == "state.json" and "iter_1/build" in src.read_text()
+        return dst.name == state.name and stage_key(1, "build") in src.read_text()
 
     with monkeypatch.context() as m:
         m.setattr(os, "replace", _enospc(full))
-        with pytest.raises(ArtifactError, match=r"state\.json: cannot write \(No space left on device\)"):
+        full_disk = re.escape(state.name) + r": cannot write \(No space left on device\)"
+        with pytest.raises(ArtifactError, match=full_disk):
             Run(tiny_config(run, *KILL_ARGS)).execute()
-    assert artifacts.read_json(run / "state.json")["done"] == ["iter_0/evaluate", "iter_1/measure", "iter_1/decide"]
+    assert artifacts.read_json(state)["done"] == [stage_key(0, "evaluate"), stage_key(1, "measure"),
+                                                  stage_key(1, "decide")]
     assert_clean(run)
     Run(tiny_config(run, *KILL_ARGS)).execute()
     assert _comparable(run) == ref
@@ -555,9 +573,10 @@ def test_same_seed_same_numbers_other_seed_other_samples(tmp_path, reference):
     Run(tiny_config(same, *KILL_ARGS)).execute()
     assert _comparable(same) == ref  # pairs.jsonl, candidates, metrics, weights: all identical
     Run(tiny_config(other, *KILL_ARGS, "seed=1")).execute()
-    on = [r["candidates"] for r in artifacts.read_jsonl(other / "iter_1" / "candidates.jsonl")]
+    rd = RunDir(other)
+    on = [r["candidates"] for r in artifacts.read_jsonl(rd.file(1, "candidates.jsonl"))]
     assert on != [r["candidates"] for r in ref["1/candidates.jsonl"]]
-    assert artifacts.read_json(other / "iter_1" / "measure.json")["per_prompt"] != ref["1/measure.json"]["per_prompt"]
+    assert artifacts.read_json(rd.stage_path(1, "measure"))["per_prompt"] != ref["1/measure.json"]["per_prompt"]
 
 
 # =========================================================================== 4. numerics
@@ -572,8 +591,8 @@ def test_nonfinite_judge_later_in_the_run_names_iteration_and_stage(tmp_path):
 
     with pytest.raises(JudgeError, match=r"^iteration 1, stage measure: judge .* non-finite score \(inf\)"):
         Run(cfg).execute()
-    assert artifacts.read_json(run / "state.json")["done"] == ["iter_0/evaluate"]
-    assert not (run / "iter_1" / "measure.json").exists()
+    assert artifacts.read_json(RunDir(run).state_path)["done"] == [stage_key(0, "evaluate")]
+    assert not RunDir(run).stage_path(1, "measure").exists()
     assert_clean(run)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import cli
 from test_grid import fake_grid, shared_grid
-from stagealign.experiments import GridError
+from stagealign.grid import GridError
 from stagealign.report import fmt_ci, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"

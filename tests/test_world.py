@@ -29,7 +29,7 @@ def test_splits_are_disjoint_and_deterministic(world):
     assert World(WorldConfig(scale="small", seed=1)).prompts("eval") != world.prompts("eval")
 
 
-def test_writer_quality_orders_reward(world):
+def test_reward_grows_with_the_quality_of_writers(world):
     rng = np.random.default_rng(0)
     ps = world.prompts("train")[:100]
     means = []
@@ -99,7 +99,7 @@ def test_controlled_single_source_pool_trades_diversity_for_quality():
     """The paper's de-confounding pool: one strong writer x 4 samples vs four different writers."""
     from stagealign.data.diagnostics import diagnose_sets
     from stagealign.data.schema import Prompt
-    from stagealign.providers import static_pool
+    from stagealign.testbed.provider import static_pool
     from stagealign.testbed.judges import GroundTruthJudge
     from stagealign.data.pairs import score_sets
 

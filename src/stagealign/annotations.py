@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stagealign import artifacts
 from stagealign.config import load_config
+from stagealign.rundir import RunDir
 
 
 class AnnotationError(ValueError):
@@ -31,37 +31,54 @@ def annotations(run_dir: str | Path, iteration: int, against: str = "auto") -> l
     """AlpacaEval rows for `iteration`'s evaluation answers of a finished run, judged again by the
     run's judge against the references given with the prompts (`given`), the initial policy's
     answers (`initial`), or the former when the prompts have them (`auto`)."""
-    from stagealign.pipeline import Run
+    from stagealign.providers import build_provider
 
-    d = Path(run_dir)
-    answers_path = d / f"iter_{iteration}" / "eval_answers.jsonl"
-    if not (d / "config.yaml").is_file() or not answers_path.is_file():
-        raise AnnotationError(f"{d}: iteration {iteration} has no evaluation answers "
+    d = RunDir(run_dir)
+    answers_path = d.file(iteration, "eval_answers.jsonl")
+    if not d.config_path.is_file() or not answers_path.is_file():
+        raise AnnotationError(f"{d.root}: iteration {iteration} has no evaluation answers "
                               f"({answers_path.name} missing); is the run finished?")
-    run = Run(load_config(d / "config.yaml"))
-    prompts = run.provider.eval
+    # the run's prompts and judge, read from its config: nothing is loaded but the judge
+    provider = build_provider(load_config(d.config_path), log=lambda msg: None)
+    prompts = provider.eval
     given = {p.id: p.reference for p in prompts if p.reference}
     if against not in ("auto", "given", "initial"):
         raise AnnotationError(f"against must be auto, given or initial; got {against!r}")
     if against == "given" and not given:
-        raise AnnotationError(f"{d}: the eval prompts carry no reference answers (a `reference` column in the pool)")
+        raise AnnotationError(f"{d.root}: the eval prompts carry no reference answers (a `reference` column in the pool)")
     if against == "initial" or (against == "auto" and not given):
-        initial = {r["prompt_id"]: r["answers"] for r in artifacts.iter_jsonl(d / "iter_0" / "eval_answers.jsonl")}
+        initial = {r["prompt_id"]: r["answers"] for r in d.read_rows(0, "eval_answers.jsonl")}
         refs, ref_name = {pid: a[0] for pid, a in initial.items() if a}, "policy@0"
     else:
         refs, ref_name = given, "reference"
-    mine = {r["prompt_id"]: r["answers"] for r in artifacts.iter_jsonl(answers_path)}
+    mine = {r["prompt_id"]: r["answers"] for r in d.read_rows(iteration, "eval_answers.jsonl")}
     rows = [{"instruction": p.text, "output_1": refs[p.id], "output_2": a, "prompt_id": p.id}
             for p in prompts if p.id in refs for a in mine.get(p.id, [])]
     if not rows:
-        raise AnnotationError(f"{d}: no evaluation answer has a reference to compare with")
-    judge = run.provider.judge
+        raise AnnotationError(f"{d.root}: no evaluation answer has a reference to compare with")
+    judge = provider.judge
     probs = judge.prob([r["instruction"] for r in rows], [r["output_2"] for r in rows],
                        [r["output_1"] for r in rows])
     for r, p in zip(rows, np.asarray(probs, dtype=float)):
         r.update(generator_1=ref_name, generator_2=f"policy@{iteration}", annotator=judge.name,
                  preference=1.0 + float(p))
     return rows
+
+
+def annotate(run_dir: str | Path, iteration: int, against: str = "auto", lc: bool = False) -> dict:
+    """`stagealign annotate`: write ``annotations.json`` beside `iteration`'s evaluation (holding
+    the run's lock, so a run still writing there is refused) and return what to print."""
+    d = RunDir(run_dir)
+    if not d.config_path.is_file():
+        raise AnnotationError(f"{d.root}: not a run directory (no {d.config_path.name})")
+    with d.session():
+        rows = annotations(d.root, iteration, against)
+        out = d.write_file_json(iteration, "annotations.json", rows)
+    result = {"annotations": str(out), "comparisons": len(rows), "against": rows[0]["generator_1"],
+              "win_rate": raw_win_rate(rows)}
+    if lc:
+        result.update(length_controlled(rows))
+    return result
 
 
 def raw_win_rate(rows: list[dict]) -> float:

@@ -15,9 +15,9 @@ comma-separated list of named points; when the process reaches one, `fault` kill
 (no cleanup, no ``finally``), exactly like the OOM killer would. Points:
 
 - ``write:<path suffix>``: inside `atomic_path`, the temporary complete, not yet renamed onto a
-  target whose path ends with the suffix (e.g. ``write:iter_1/pairs.jsonl``, ``write:state.json``);
-- ``iter_<k>/<stage>:before`` and ``iter_<k>/<stage>:after-artifact`` (pipeline `_stage`: the
-  stage's JSON written, the stage not yet recorded in ``state.json``);
+  target whose path ends with the suffix (`rundir.relative` names a run's files);
+- ``<stage key>:before`` and ``<stage key>:after-artifact`` (a stage about to run, and a stage's
+  JSON written but the stage not yet recorded; `rundir.stage_key` names stages);
 - ``train-step:<n>``: after optimizer step n of a training run, inside TRL's loop.
 """
 
@@ -111,19 +111,18 @@ _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # tempfile.mkdtemp(prefix="
 _PARKED = re.compile(r"^\.(?P<name>.+)\.old$")
 
 
-def recover(root: str | os.PathLike) -> dict[str, int]:
-    """Undo what a killed writer left in a run directory: delete temporaries, restore parked directories.
+def recover(directories: Iterable[str | os.PathLike]) -> dict[str, int]:
+    """Undo what a killed writer left: delete temporaries, restore parked directories.
 
-    Looks only where a run writes (`root` and its ``iter_*`` directories, not below) and only at
-    directories named the way `atomic_path` names them, so nothing else in a run directory (or a
-    run_dir pointed at a busy folder) is touched. Only safe while no other process writes there
-    (hold `RunLock`). Returns counts.
+    Looks only in `directories` (a run directory and its iteration folders, as `rundir.RunDir`
+    lists them; not below) and only at entries named the way `atomic_path` names them, so nothing
+    else there is touched. Only safe while no other process writes there (hold `RunLock`).
+    Returns counts.
     """
-    root = Path(root)
     out = {"removed": 0, "restored": 0}
-    if not root.is_dir():
-        return out
-    for here in [root, *sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.is_symlink())]:
+    for here in map(Path, directories):
+        if not here.is_dir() or here.is_symlink():
+            continue
         for path in sorted(here.iterdir()):
             if not path.is_dir() or path.is_symlink():
                 continue
@@ -231,8 +230,13 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Stream rows; a broken line raises an error naming the file and line number."""
+def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Stream (1-based line number, row) pairs, skipping blank lines.
+
+    The one JSONL reader of the package: a broken line raises `ArtifactError` naming the file and
+    line number. The line numbers are yielded too so that callers reporting on single rows (the
+    pool loader's skip messages) can point at them without a second reader.
+    """
     path = Path(path)
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -246,7 +250,13 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                 raise ArtifactError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise ArtifactError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+            yield lineno, row
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Stream rows; a broken line raises an error naming the file and line number."""
+    for _, row in iter_jsonl_lines(path):
+        yield row
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from stagealign.data.schema import CandidateSet, Prompt
 from stagealign.generation import sample
 from stagealign.judges.base import Judge
 from stagealign.policy import Policy
+from stagealign.seeds import look_seed
 from stagealign.stats import SequentialProbe, cluster_mean, decide
 
 
@@ -140,7 +141,7 @@ def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], 
         chunk = probe[start:start + batch]
         answers = sample(policy, [p.text for p in chunk], n=cfg.samples, temperature=gen.temperature,
                          top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
-                         seed=seed * 7919 + look, backend=gen.backend)
+                         seed=look_seed(seed, look), backend=gen.backend)
         generations += sum(len(a) for a in answers)
         prompt_tokens += sum(len(policy.tokenizer(policy.format(p.text))["input_ids"]) * len(a)
                              for p, a in zip(chunk, answers))

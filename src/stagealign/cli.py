@@ -42,12 +42,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [ConfigError, ArtifactError, JudgeError, PolicyError, NumericsError,
                                          OSError, ValueError]
-    try:
-        from stagealign.data.loaders import LoaderError
+    from stagealign.data.sources import LoaderError
 
-        errors.append(LoaderError)
-    except ImportError:  # pragma: no cover
-        pass
+    errors.append(LoaderError)
     return tuple(errors)
 
 
@@ -94,7 +91,7 @@ def run(config: Annotated[Path, typer.Argument(help="YAML run config")], overrid
     """Run (or resume) the stage-aware iteration loop described by CONFIG.
 
     Re-running the same command after an interruption continues where it stopped: finished
-    stages are recorded in RUN_DIR/state.json and not redone. Several processes:
+    stages are recorded in RUN_DIR and not redone. Several processes:
     `accelerate launch --config_file CONFIGS/accelerate/ddp.yaml -m stagealign.cli run CONFIG`
     (see the README's "Real models and data").
     """
@@ -106,8 +103,10 @@ def run(config: Annotated[Path, typer.Argument(help="YAML run config")], overrid
             for line in validate(cfg):
                 typer.echo(line)
             return
-        if resume and not (Path(cfg.run_dir) / "state.json").is_file():
-            raise ConfigError(f"{cfg.run_dir}: nothing to resume (no state.json)")
+        from stagealign.rundir import RunDir
+
+        if resume and not RunDir(cfg.run_dir).started:
+            raise ConfigError(f"{cfg.run_dir}: nothing to resume (no stage recorded yet)")
         summary = _run(cfg)
         from stagealign import distributed
         from stagealign.report import iteration_table
@@ -140,7 +139,7 @@ def grid(config: Annotated[Path, typer.Argument(help="YAML config: a run config 
                                               "at the end")] = True,
          ) -> None:
     def go():
-        from stagealign.experiments import load_grid_config, run_grid
+        from stagealign.grid import load_grid_config, run_grid
         from stagealign.report import report_tables, write_grid_report
         from stagealign.ui import RichUI
 
@@ -191,26 +190,12 @@ def demo(out: Annotated[Path, typer.Option(help="directory for the demo grid")] 
          seed: Annotated[Optional[list[int]], typer.Option(help="run seed; repeat for several seeds")] = None,
          overrides: Overrides = None) -> None:
     def go():
-        from stagealign.experiments import demo_config_path, grid_cells, load_grid_config, run_grid
-        from stagealign.report import iteration_table, report_tables, write_grid_report
-        from stagealign import artifacts
+        from stagealign.grid.demo import run_demo
         from stagealign.ui import RichUI
 
-        extra = list(overrides or [])
-        if scale is not None:
-            extra.append(f"world.scale={scale}")
-        if seed:
-            extra.append(f"grid.seeds=[{','.join(str(s) for s in seed)}]")
-        base, spec = load_grid_config(demo_config_path(), extra)
-        metrics = run_grid(base, spec, out, ui=RichUI())
-        first = min(spec.seeds) if spec.seeds else base.seed
-        picked = [c for c in grid_cells(base, spec, out)
-                  if c.policy in ("weak", "strong") and c.name in ("auto", "path-on-on") and c.seed == first]
-        table = iteration_table([artifacts.read_json(c.dir / "summary.json") for c in picked])
-        text = table + "\n\n" + report_tables(metrics)
-        artifacts.write_text(out / "demo.md", text + "\n")
+        text, report_path = run_demo(out, scale=scale, seeds=seed, overrides=overrides, ui=RichUI())
         typer.echo(text)
-        typer.echo(f"\nreport: {write_grid_report(out, metrics)}")
+        typer.echo(f"\nreport: {report_path}")
     _guard(go)
 
 
@@ -218,7 +203,7 @@ _HELP_ANNOTATE = _para("""Pairwise annotations of a finished run's evaluation, i
 
     Judges ITERATION's evaluation answers again, with the run's judge, against the references given
     with the prompts (a `reference` column in the pool) or, without them, the initial policy's
-    answers; writes RUN_DIR/iter_<k>/annotations.json (instruction, output_1 = reference, output_2 =
+    answers; writes annotations.json beside the iteration's evaluation (instruction, output_1 = reference, output_2 =
     policy, preference in [1, 2]) and prints the raw win rate. --lc adds AlpacaEval's
     length-controlled win rate (optional extra: pip install 'stagealign[alpaca-eval]'; its GLM uses
     AlpacaEval's instruction table, fetched from the hub once, so that figure is meant for
@@ -233,17 +218,9 @@ def annotate_cmd(run_dir: Annotated[Path, typer.Argument(help="a finished run di
                  lc: Annotated[bool, typer.Option("--lc", help="length-controlled win rate through alpaca_eval")] = False,
                  ) -> None:
     def go():
-        from stagealign import annotations as ann
-        from stagealign.artifacts import write_json
+        from stagealign.annotations import annotate
 
-        rows = ann.annotations(run_dir, iteration, against)
-        out = run_dir / f"iter_{iteration}" / "annotations.json"
-        write_json(out, rows)
-        result = {"annotations": str(out), "comparisons": len(rows), "against": rows[0]["generator_1"],
-                  "win_rate": ann.raw_win_rate(rows)}
-        if lc:
-            result.update(ann.length_controlled(rows))
-        typer.echo(json.dumps(result, indent=2))
+        typer.echo(json.dumps(annotate(run_dir, iteration, against, lc), indent=2))
     _guard(go)
 
 
@@ -255,22 +232,10 @@ def measure_cmd(config: Annotated[Path, typer.Argument(help="YAML run config (po
                 as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Measure the boundary score of a policy: BS, its 95% interval, the stage decision and the cost."""
     def go():
-        from stagealign.boundary import measure
-        from stagealign.pipeline import stage_seed
-        from stagealign.policy import load_policy
-        from stagealign.providers import build_provider
+        from stagealign.pipeline import measure_checkpoint
 
-        from stagealign.generation import check_backend
-
-        cfg = load_config(config, overrides or [])
-        check_backend(cfg.generation.backend)
-        prov = build_provider(cfg, log=lambda m: typer.echo(m, err=True))
-        pc = cfg.policy
-        policy = load_policy(checkpoint or prov.initial_policy, tokenizer=None if checkpoint else pc.tokenizer,
-                             dtype=pc.dtype, trust_remote_code=pc.trust_remote_code,
-                             prompt_template=None if checkpoint else pc.prompt_template)
-        res = measure(policy, prov.probe, prov.pool, prov.judge, cfg.boundary, cfg.generation,
-                      seed=stage_seed(cfg.seed, 0, "measure"), train_prompts=len(prov.train))
+        res = measure_checkpoint(load_config(config, overrides or []), checkpoint,
+                                 log=lambda m: typer.echo(m, err=True))
         d = res.to_dict()
         d.pop("per_prompt")
         if as_json:
@@ -289,10 +254,9 @@ def world_show(config: Annotated[Optional[Path], typer.Argument(help="YAML run c
                overrides: Overrides = None) -> None:
     """Summarise a world: reward range, pool quality per writer, samples of the best answers."""
     def go():
-        from stagealign.testbed.summary import describe
+        from stagealign import plugins
 
-        cfg = load_config(config, overrides or [])
-        typer.echo(describe(cfg.world))
+        typer.echo(plugins.provider("testbed").show(load_config(config, overrides or [])))
     _guard(go)
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from stagealign.testbed.world import WorldConfig
+from stagealign import plugins
 
 
 class ConfigError(ValueError):
@@ -64,11 +65,23 @@ class DataConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    kind: Literal["ground_truth", "noisy", "callable", "reward_model", "pairrm", "openai"] = "ground_truth"
+    kind: str = Field("ground_truth", description="a judge kind of `stagealign.judges.registry` (plugins add kinds)")
     path: str | None = Field(None, description="model path / hub name, or 'module:function' for callable")
     temperature: float = Field(1.0, gt=0, description="Bradley-Terry temperature for scalar judges")
     batch_size: int = Field(32, ge=1)
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the judge")
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        """Kinds live in the judge registry (built-ins and plugins), not in a copy of their names here."""
+        from stagealign.judges import registry
+
+        known = registry.kinds()
+        if name not in known:
+            raise PydanticCustomError("judge_kind", "unknown judge kind '{kind}'; known: {known}",
+                                      {"kind": name, "known": ", ".join(sorted(known))})
+        return name
 
 
 class GenerationConfig(_Section):
@@ -131,12 +144,13 @@ class EvalConfig(_Section):
     kl: bool = Field(True, description="estimate KL(policy || initial) on sampled answers")
 
 
-class RunConfig(_Section):
+class CoreRunConfig(_Section):
+    """The run config without plugin sections; `RunConfig` adds them (e.g. the testbed's `world`)."""
+
     run_dir: str = "runs/run"
     seed: int = Field(0, ge=0)
     iterations: int = Field(2, ge=1, le=64)
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
-    world: WorldConfig = Field(default_factory=WorldConfig)
     policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(testbed="weak"))
     data: DataConfig = Field(default_factory=DataConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
@@ -148,11 +162,10 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RunConfig":
+    def _consistent(self) -> "CoreRunConfig":
         if self.policy.model is not None and self.data.pool is None:
             raise ValueError("a HF policy (policy.model) needs a static pool (data.pool)")
-        if self.policy.testbed is not None and self.judge.kind not in ("ground_truth", "noisy", "callable"):
-            raise ValueError("the synthetic world's text can only be judged by ground_truth, noisy or callable judges")
+        self._judge_fits_the_text()
         if self.schedule.kind == "path":
             from stagealign.schedule import parse_path
 
@@ -160,6 +173,31 @@ class RunConfig(_Section):
             if n < self.iterations:
                 raise ValueError(f"schedule.path has {n} steps but iterations={self.iterations}")
         return self
+
+    def _judge_fits_the_text(self) -> None:
+        """A judge kind reads one provider's text (a reward model cannot score the world's tokens;
+        the world's ground truth knows nothing of real answers); the registry says which."""
+        from stagealign.judges import registry
+
+        testbed = self.policy.testbed is not None
+        fits = registry.fitting("testbed" if testbed else "real")
+        if self.judge.kind not in fits:
+            text = "the synthetic world's text" if testbed else "a real model's text"
+            raise ValueError(f"{text} can only be judged by {', '.join(fits)} judges, not judge.kind={self.judge.kind}")
+
+
+def _with_plugin_sections() -> type[CoreRunConfig]:
+    """`CoreRunConfig` plus every installed plugin's sections, each with its own defaults, so a
+    plugin section is validated, defaulted, dumped and overridden like a core one."""
+    sections = {key: (model, Field(default_factory=model)) for key, model in plugins.config_sections().items()}
+    clash = sorted(set(sections) & set(CoreRunConfig.model_fields))
+    if clash:
+        raise plugins.PluginError(f"plugin config sections {clash} clash with the core's")
+    return create_model("RunConfig", __base__=CoreRunConfig, __module__=__name__,
+                        __doc__="A whole run: the core sections and the installed plugins' sections.", **sections)
+
+
+RunConfig = _with_plugin_sections()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,20 +10,17 @@ first row only; judge options are checked against the judge class's signature, n
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
 import re
 from pathlib import Path
-from typing import Any
 
+from stagealign import plugins
 from stagealign.config import ConfigError, RunConfig
+from stagealign.hub import HUB_NAME, LEGACY_NAME, looks_local
 
-HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-LEGACY_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 HALF = ("bfloat16", "float16")
-TESTBED_JUDGES = {"ground_truth": set(), "noisy": {"seed"}}
 
 
 def validate(cfg: RunConfig, *, cuda: bool | None = None) -> list[str]:
@@ -48,11 +45,12 @@ def validate(cfg: RunConfig, *, cuda: bool | None = None) -> list[str]:
     c = _Checks()
     c.line(f"config: valid; run_dir {cfg.run_dir}, {cfg.iterations} iteration(s), schedule {cfg.schedule.kind}"
            + (f" ({cfg.schedule.path})" if cfg.schedule.path else "") + f", {cfg.training.method}, seed {cfg.seed}")
-    _policy(cfg, c, cuda)
-    pool_rows, answers = _pool(cfg, c)
+    plan = _plan(cfg)
+    _policy(cfg, c, cuda, plan)
+    pool_rows, answers = _pool(cfg, c, plan)
     _judge(cfg, c)
     _generation(cfg, c, cuda)
-    _cost(cfg, c, pool_rows, answers)
+    _cost(cfg, c, pool_rows, answers, plan)
     if c.errors:
         n = len(c.errors)
         raise ConfigError(f"dry run: {n} problem{'s' if n > 1 else ''} in the config\n"
@@ -73,12 +71,6 @@ class _Checks:
 
     def error(self, text: str) -> None:
         self.errors.append(text)
-
-
-def looks_local(name: str) -> bool:
-    """A path rather than a hub name: exists, starts like a path, or has more than one slash."""
-    return (os.path.exists(os.path.expanduser(name)) or name.startswith((".", "/", "~"))
-            or name.count("/") > 1 or "\\" in name or name.lower().endswith((".jsonl", ".json", ".parquet")))
 
 
 def _source(key: str, name: str, c: _Checks, *, legacy: bool = False) -> tuple[str, Path | None]:
@@ -102,14 +94,20 @@ def _source(key: str, name: str, c: _Checks, *, legacy: bool = False) -> tuple[s
     return "hub", None
 
 
-def _policy(cfg: RunConfig, c: _Checks, cuda: bool) -> None:
+def _plan(cfg: RunConfig) -> plugins.DryRunPlan | None:
+    """What the plugin providing this run (the synthetic world, for `policy.testbed`) says about
+    it: its lines, errors and split sizes. None for a Hugging Face run, checked here instead."""
+    if cfg.policy.testbed is None:
+        return None
+    plugin = plugins.provider("testbed")
+    return plugin.dry_run(cfg) if plugin.dry_run else plugins.DryRunPlan()
+
+
+def _policy(cfg: RunConfig, c: _Checks, cuda: bool, plan: plugins.DryRunPlan | None) -> None:
     p = cfg.policy
-    if p.testbed is not None:
-        if p.testbed not in cfg.world.policies:
-            c.error(f"policy.testbed: {p.testbed!r} is not a policy of the synthetic world "
-                    f"(known: {', '.join(sorted(cfg.world.policies))})")
-        else:
-            c.line(f"policy: synthetic world policy {p.testbed!r} (trained and cached on first use)")
+    if plan is not None:
+        c.lines += plan.lines
+        c.errors += plan.errors
     else:
         assert p.model is not None
         kind, local = _source("policy.model", p.model, c, legacy=True)
@@ -157,15 +155,14 @@ def _policy(cfg: RunConfig, c: _Checks, cuda: bool) -> None:
                "trainer still computes in bfloat16 autocast on a GPU) or use LoRA")
 
 
-def _pool(cfg: RunConfig, c: _Checks) -> tuple[int | None, int | None]:
+def _pool(cfg: RunConfig, c: _Checks, plan: plugins.DryRunPlan | None) -> tuple[int | None, int | None]:
     """(rows in a local pool when cheap to count, answers per prompt when known)."""
     d = cfg.data
-    if cfg.policy.testbed is not None:
-        n = len(cfg.world.pool)
-        c.line(f"data: synthetic world prompts and its static pool ({n} writers per prompt)")
-        return None, n
+    if plan is not None:  # the plugin described its data with its other lines
+        return None, plan.answers_per_prompt
     assert d.pool is not None
-    from stagealign.data.loaders import FORMATS, LoaderError, _iter_sources, detect_format
+    from stagealign.data.formats import FORMATS, detect_format
+    from stagealign.data.sources import LoaderError, iter_sources
 
     if d.format != "auto" and d.format not in FORMATS:
         c.error(f"data.format: unknown format {d.format!r} (known: auto, {', '.join(FORMATS)})")
@@ -179,7 +176,7 @@ def _pool(cfg: RunConfig, c: _Checks) -> tuple[int | None, int | None]:
     if local is None:
         return None, answers
     try:
-        label, rows = next(iter(_iter_sources(str(local), d.split)))
+        label, rows = next(iter(iter_sources(str(local), d.split)))
         loc, first = next(iter(rows))
     except StopIteration:
         c.error(f"data.pool: {local} has no rows")
@@ -222,51 +219,27 @@ def _count_rows(path: Path) -> int | None:
 
 
 def _judge(cfg: RunConfig, c: _Checks) -> None:
+    """The registry checks the options against the kind's signature; then what the kind reads
+    (a model path, a callable, an endpoint) is checked without loading it."""
+    from stagealign.judges import registry
+
     j = cfg.judge
-    from stagealign.judges.registry import known_kinds
-
-    kinds = set(known_kinds()) | set(TESTBED_JUDGES)
-    if j.kind not in kinds:
-        c.error(f"judge.kind: unknown kind {j.kind!r} (known: {', '.join(sorted(kinds))})")
+    kind = registry.kind(j.kind)  # known: the config was validated
+    if j.path and kind.path_key in j.options:
+        c.error(f"judge: both judge.path and judge.options.{kind.path_key} are set; keep one")
+    spec = registry.spec_from_config(j)
+    problem = registry.check_options(spec)
+    if problem:
+        c.error(problem)
+    try:
+        opts = registry.options_with_defaults(spec)
+    except ValueError:  # one option under two names: reported above
         return
-    if j.kind in TESTBED_JUDGES:
-        extra = sorted(set(j.options) - TESTBED_JUDGES[j.kind])
-        if extra:
-            c.error(f"judge.options: {extra} not accepted by the {j.kind} judge "
-                    f"(accepted: {sorted(TESTBED_JUDGES[j.kind]) or 'none'})")
-        else:
-            c.line(f"judge: {j.kind} (the synthetic world's preference)")
+    what = opts.get(kind.path_param) if kind.path_param else None
+    if kind.path_param and what is None:  # a missing model / callable: reported above
         return
-    from stagealign.providers import judge_spec
-
-    key = "model" if j.kind == "openai" else "path"
-    if j.path and key in j.options:
-        c.error(f"judge: both judge.path and judge.options.{key} are set; keep one")
-    spec = judge_spec(cfg)
-    spec.pop("kind")
-    target, name = _judge_target(j.kind)
-    kwargs = dict(spec)
-    if j.kind == "reward_model":
-        if "path" not in kwargs and "path_or_name" not in kwargs:
-            c.error("judge: kind reward_model needs judge.path (a local directory or hub name)")
-            return
-        if "path" in kwargs:
-            kwargs["path_or_name"] = kwargs.pop("path")
-    if j.kind == "openai" and "model" not in kwargs:
-        c.error("judge: kind openai needs judge.path (or judge.options.model), the served model's name")
-        return
-    if j.kind == "callable" and "path" not in kwargs:
-        c.error("judge: kind callable needs judge.path='package.module:function'")
-        return
-    bad = _unaccepted(target, kwargs)
-    if bad:
-        c.error(f"judge.options: {bad} for kind {j.kind} ({name}); accepted: {_params(target)}")
-    what = spec.get("path_or_name") or spec.get("path") or spec.get("model")
     if j.kind in ("reward_model", "pairrm"):
-        from stagealign.judges.pairrm import DEFAULT_PAIRRM
-
-        what = str(what or DEFAULT_PAIRRM)
-        _, local = _source("judge.path", what, c, legacy=True)
+        _, local = _source("judge.path", str(what), c, legacy=True)
         if local is not None and not (local / "config.json").is_file():
             c.error(f"judge.path: {local} is not a model directory (no config.json)")
     elif j.kind == "callable":
@@ -278,46 +251,22 @@ def _judge(cfg: RunConfig, c: _Checks) -> None:
             c.error(f"judge.path: {exc}")
             return
     elif j.kind == "openai":
-        base = str(spec.get("base_url", "https://api.openai.com/v1"))
-        if not re.match(r"^https?://[^\s/]+", base):
-            c.error(f"judge.options.base_url: {base!r} is not an http(s) URL")
-        env = spec.get("api_key_env", "OPENAI_API_KEY")
-        if env and not os.environ.get(env):
-            c.warn(f"judge: the API key variable {env} is not set here; set it where the run starts "
-                   "(or api_key_env: null for an endpoint without authentication)")
-    if not bad:
-        c.line(f"judge: {j.kind} ({what}); options accepted by {name}")
+        _endpoint(opts, c)
+    if not problem:
+        c.line(f"judge: {j.kind} ({kind.about})" if what is None
+               else f"judge: {j.kind} ({what}); options accepted by {registry.label(kind)}")
 
 
-def _judge_target(kind: str) -> tuple[Any, str]:
-    if kind == "reward_model":
-        from stagealign.judges.reward_model import RewardModelJudge
-
-        return RewardModelJudge, "RewardModelJudge"
-    if kind == "pairrm":
-        from stagealign.judges.pairrm import PairRMJudge
-
-        return PairRMJudge, "PairRMJudge"
-    if kind == "openai":
-        from stagealign.judges.llm_api import OpenAIJudge
-
-        return OpenAIJudge, "OpenAIJudge"
-
-    def callable_judge(path: str, name: str | None = None, temperature: float = 1.0) -> None: ...
-
-    return callable_judge, "CallableJudge"
-
-
-def _params(target: Any) -> list[str]:
-    return [p for p in inspect.signature(target).parameters if p not in ("self", "args", "kwargs", "transport")]
-
-
-def _unaccepted(target: Any, kwargs: dict) -> str | None:
-    try:
-        inspect.signature(target).bind(**kwargs)
-    except TypeError as exc:
-        return str(exc)
-    return None
+def _endpoint(opts: dict, c: _Checks) -> None:
+    """An OpenAI-compatible judge: a well-formed URL, and its key variable set (a warning: the run
+    may start elsewhere)."""
+    base = str(opts.get("base_url"))
+    if not re.match(r"^https?://[^\s/]+", base):
+        c.error(f"judge.options.base_url: {base!r} is not an http(s) URL")
+    env = opts.get("api_key_env")
+    if env and not os.environ.get(env):
+        c.warn(f"judge: the API key variable {env} is not set here; set it where the run starts "
+               "(or api_key_env: null for an endpoint without authentication)")
 
 
 def _generation(cfg: RunConfig, c: _Checks, cuda: bool) -> None:
@@ -339,19 +288,15 @@ def _fmt(n: float) -> str:
     return f"{n:,.0f}"
 
 
-def _cost(cfg: RunConfig, c: _Checks, pool_rows: int | None, answers: int | None) -> None:
+def _cost(cfg: RunConfig, c: _Checks, pool_rows: int | None, answers: int | None,
+          plan: plugins.DryRunPlan | None) -> None:
     """Upper bounds per iteration and for the run (sequential probing usually stops earlier)."""
     b, g, t, d = cfg.boundary, cfg.generation, cfg.training, cfg.data
     iters = cfg.iterations
-    if cfg.policy.testbed is not None:
-        from stagealign.testbed.world import World
-
-        world = World(cfg.world)
-        n_train = len(world.prompts("train"))
-        n_probe = min(b.probe_prompts, len(world.prompts("probe")))
-        n_eval = min(d.eval_prompts, len(world.prompts("eval")))
-        if d.train_prompts:
-            n_train = min(n_train, d.train_prompts)
+    if plan is not None:  # the plugin knows its split sizes
+        n_train = plan.train_prompts
+        n_probe = b.probe_prompts if plan.probe_prompts is None else plan.probe_prompts
+        n_eval = d.eval_prompts if plan.eval_prompts is None else plan.eval_prompts
         approx = ""
     else:
         n_eval = n_probe = None
@@ -402,7 +347,10 @@ def _cost(cfg: RunConfig, c: _Checks, pool_rows: int | None, answers: int | None
 
 
 def _pairwise(cfg: RunConfig) -> bool:
-    return cfg.judge.kind in ("pairrm", "openai")
+    """A pairwise-only judge costs n(n-1)/2 comparisons per prompt where a scalar one scores n."""
+    from stagealign.judges import registry
+
+    return registry.kind(cfg.judge.kind).pairwise_only
 
 
 def _onpolicy_iterations(cfg: RunConfig) -> int:

@@ -20,6 +20,19 @@ from stagealign.policy import Policy
 from stagealign.stats import cluster_mean
 
 
+#: a run's headline metric, in order of preference: the ground truth's reward when the world knows
+#: it, else the judge's mean score
+HEADLINE = ("reward", "judge_score")
+
+
+def headline(metrics: dict) -> tuple[str, dict]:
+    """(name, estimate) of the headline metric in an evaluation's metrics."""
+    for key in HEADLINE:
+        if metrics.get(key) is not None:
+            return key, metrics[key]
+    raise KeyError(f"evaluation has none of {HEADLINE}")
+
+
 def _est(clusters: list[np.ndarray], bounded: bool) -> dict:
     e = cluster_mean(clusters, bounded=bounded)
     return {"mean": e.mean, "lo": e.lo, "hi": e.hi}

@@ -4,94 +4,60 @@
     iteration k:  measure (BS of policy_{k-1}) -> decide (schedule) -> build (candidates, judge,
                   pairs) -> train (TRL, reference = policy_{k-1} or the initial one) -> evaluate
 
-Every stage writes its artifact atomically into `run_dir/iter_k/` and is then recorded in
-`state.json`; a re-run of the same config skips recorded stages and reloads their artifacts.
-Every stage draws its randomness from (seed, iteration, stage), so a resumed run produces
-exactly the numbers an uninterrupted one would. A run holds `artifacts.RunLock` on its directory
-and first cleans what a killed predecessor left (`artifacts.recover`). Prompts too long for the
-initial policy's context (prompt tokens + generation.max_new_tokens) are skipped and counted in
-`run_dir/data.json` (with the loader's skip counts); a split left empty is an error naming a prompt.
-Training truncates prompt + answer to the context when `training.max_length` is not set.
+Every stage writes its artifacts into the run directory (`rundir.RunDir`, which owns the layout
+and the order of writes) and is then recorded; a re-run of the same config skips recorded stages
+and reloads their results. Every stage draws its randomness from (seed, iteration, stage)
+(`seeds.stage_seed`), so a resumed run produces exactly the numbers an uninterrupted one would.
+The provider drops prompts too long for the initial policy's context and the run records the
+counts in data.json; training truncates prompt + answer to the context when
+`training.max_length` is not set.
 
 Under a multi-process launcher (`accelerate launch`, `torchrun`) every process runs this same
 loop: sampling and judging are split across the processes and gathered (`distributed`), each
 stage's result is the main process's on every rank, training is TRL's DDP / DeepSpeed / FSDP, and
-only the main process holds the lock and writes the run directory, with a barrier after every
-stage so the others read what it wrote.
+only the main process writes (RunDir's write methods), with a barrier after every stage so the
+others read what it wrote.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import time
 from collections import Counter
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stagealign import artifacts, distributed
-from stagealign.boundary import BoundaryResult, context_length, fit_context, measure
-from stagealign.config import ConfigError, RunConfig, dump_config
+from stagealign import distributed
+from stagealign.artifacts import fault
+from stagealign.boundary import BoundaryResult, context_length, measure
+from stagealign.config import RunConfig, dump_config
 from stagealign.data.pairs import make_pairs, score_sets
 from stagealign.data.schema import CandidateSet, PreferencePair
-from stagealign.evaluate import evaluate
+from stagealign.evaluate import evaluate, headline
 from stagealign.generation import check_backend, sample
 from stagealign.judges.base import JudgeError
-from stagealign.policy import Policy, load_policy
+from stagealign.policy import Policy, load_configured_policy
 from stagealign.providers import Provider, build_provider
-from stagealign.schedule import Choice, choose, parse_path
+from stagealign.rundir import RunDir, stage_key
+from stagealign.schedule import Choice, next_choice
+from stagealign.seeds import stage_seed
 from stagealign.training.preference import train_preference
 from stagealign.ui import NullUI
 
-STAGES = ("measure", "decide", "build", "train", "evaluate")
-
-
-def stage_seed(seed: int, iteration: int, stage: str) -> int:
-    h = hashlib.sha256(f"{seed}:{iteration}:{stage}".encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
-
 
 class Run:
-    """One run directory: `Run(cfg).execute()` runs or resumes it and returns the summary."""
+    """One run: `Run(cfg).execute()` runs or resumes it in `cfg.run_dir` and returns the summary."""
 
     def __init__(self, cfg: RunConfig, ui=None):
         self.cfg = cfg
-        self.dir = Path(cfg.run_dir)
+        self.dir = RunDir(cfg.run_dir)
         self.ui = ui or NullUI()
         self._provider: Provider | None = None
         self._loaded: dict[str, Policy] = {}
         self._tb = None
 
-    # ---- state ------------------------------------------------------------------------
-    @property
-    def state_path(self) -> Path:
-        return self.dir / "state.json"
-
-    def done(self) -> list[str]:
-        return artifacts.read_json(self.state_path)["done"] if self.state_path.is_file() else []
-
-    def _mark(self, key: str) -> None:
-        done = self.done()
-        if key not in done:
-            done.append(key)
-        artifacts.write_json(self.state_path, {"done": done})
-
-    def _check_config(self) -> None:
-        text = dump_config(self.cfg)
-        path = self.dir / "config.yaml"
-        # until a stage is recorded, a corrected config (after a bad-input error) may replace the old one
-        if path.is_file() and self.state_path.is_file():
-            if path.read_text(encoding="utf-8") != text:
-                raise ConfigError(
-                    f"{self.dir}: this run directory holds a run with a different config (see {path}); "
-                    "resume with the same config or choose another run_dir")
-        elif distributed.is_main():
-            artifacts.write_text(path, text)
-        distributed.barrier()
-
+    # ---- set-up -----------------------------------------------------------------------
     @property
     def provider(self) -> Provider:
         if self._provider is None:
@@ -104,100 +70,45 @@ class Run:
         return self._provider
 
     def _build_provider(self) -> None:
-        self._provider = p = build_provider(self.cfg, log=self.ui.log)
+        p = build_provider(self.cfg, log=self.ui.log)
+        self._provider = p  # policy(0) asks for the provider's initial policy
         try:
-            self._fit_context(p)
+            record = p.fit_context(self.policy(0), self.cfg.generation.max_new_tokens)
         except BaseException:
             self._provider = None
             raise
+        if ids := record["prompt_too_long_ids"]:
+            self.ui.log(f"[data] skipped {record['skipped']['prompt_too_long']} prompts longer than "
+                        f"{record['max_prompt_tokens']} tokens (context minus max_new_tokens), e.g. prompt id "
+                        f"{ids[0]!r}; see {self.dir.data_path}")
+        self.dir.write_data(record)
         p.judge, p.truth = distributed.sharded_judge(p.judge), distributed.sharded_judge(p.truth)
 
-    def _fit_context(self, p: Provider) -> None:
-        """Drop prompts the initial policy cannot read and still answer; record counts in data.json."""
-        policy, new = self.policy(0), self.cfg.generation.max_new_tokens
-        skipped, long_ids, limit = dict(p.skipped), [], None
-        for split in ("train", "probe", "eval"):
-            kept, too_long, limit = fit_context(policy, getattr(p, split), new)
-            if too_long and not kept:
-                pid, n = too_long[0]
-                raise ValueError(f"all {len(too_long)} {split} prompts are too long for the policy's context of "
-                                 f"{limit + new} tokens with generation.max_new_tokens={new} (prompt id {pid!r} "
-                                 f"has {n} tokens)")
-            setattr(p, split, kept)
-            long_ids += [pid for pid, _ in too_long]
-        if long_ids:
-            skipped["prompt_too_long"] = len(long_ids)
-            self.ui.log(f"[data] skipped {len(long_ids)} prompts longer than {limit} tokens (context minus "
-                        f"max_new_tokens), e.g. prompt id {long_ids[0]!r}; see {self.dir / 'data.json'}")
-        if distributed.is_main():
-            artifacts.write_json(self.dir / "data.json", {
-                "prompts": {s: len(getattr(p, s)) for s in ("train", "probe", "eval")}, "skipped": skipped,
-                "max_prompt_tokens": limit, "prompt_too_long_ids": long_ids[:20]})
-
-    def policy_dir(self, k: int) -> str:
-        return self.provider.initial_policy if k == 0 else str(self.dir / f"iter_{k}" / "model")
+    def policy_path(self, k: int) -> str:
+        return self.provider.initial_policy if k == 0 else str(self.dir.model(k))
 
     def policy(self, k: int) -> Policy:
-        path = self.policy_dir(k)
+        """Checkpoint k, cached; the initial one stays loaded while the KL needs it."""
+        path = self.policy_path(k)
         if path not in self._loaded:
-            keep = {self.policy_dir(0)} if self.cfg.eval.kl else set()
+            keep = {self.policy_path(0)} if self.cfg.eval.kl else set()
             self._loaded = {p: v for p, v in self._loaded.items() if p in keep}
-            pc = self.cfg.policy
-            self._loaded[path] = load_policy(path, tokenizer=pc.tokenizer if k == 0 else None, dtype=pc.dtype,
-                                             trust_remote_code=pc.trust_remote_code,
-                                             prompt_template=pc.prompt_template if k == 0 else None)
+            self._loaded[path] = load_configured_policy(self.cfg.policy, path, initial=k == 0)
         return self._loaded[path]
-
-    def adopt_prefix(self, src: str | Path, upto: int) -> None:
-        """Start this run from iterations 0..`upto` of another run directory.
-
-        Valid when both runs share seed and everything but the schedule's later steps (the grid's
-        off->off and off->on share iteration 1): stage seeds depend only on (seed, iteration,
-        stage), so the adopted artifacts are exactly what this run would have computed. Copies,
-        so either run can be deleted or resumed on its own.
-        """
-        if distributed.is_main():
-            self._adopt(Path(src), upto)
-        distributed.barrier()
-
-    def _adopt(self, src: Path, upto: int) -> None:
-        import shutil
-
-        if self.state_path.is_file():
-            return
-        src_done = artifacts.read_json(src / "state.json")["done"]
-        keep = [s for s in src_done if int(s.split("/")[0].split("_")[1]) <= upto]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for k in range(upto + 1):
-            s, d = src / f"iter_{k}", self.dir / f"iter_{k}"
-            if s.is_dir() and not d.exists():
-                tmp = self.dir / f".iter_{k}.adopt.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(s, tmp, ignore=shutil.ignore_patterns("work"))
-                tmp.rename(d)
-        artifacts.write_json(self.state_path, {"done": keep})
 
     # ---- the loop ---------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
         check_backend(self.cfg.generation.backend)  # a missing extra or GPU fails now, not mid-run
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise artifacts.ArtifactError(
-                f"{self.dir}: cannot create the run directory ({exc.strerror or exc})") from exc
-        main = distributed.is_main()
-        with artifacts.RunLock(self.dir) if main else contextlib.nullcontext():
-            if main:
-                artifacts.recover(self.dir)
-            distributed.barrier()
+        with self.dir.session():
             return self._execute()
 
     def _execute(self) -> dict[str, Any]:
-        self._check_config()
+        self.dir.write_config(dump_config(self.cfg))
+        distributed.barrier()
         if self.cfg.report_to == "tensorboard" and distributed.is_main():
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+            self._tb = SummaryWriter(str(self.dir.tensorboard_dir))
         self._stage(0, "evaluate", self._evaluate)
         previous: Choice | None = None
         for k in range(1, self.cfg.iterations + 1):
@@ -209,18 +120,15 @@ class Run:
             self._stage(k, "evaluate", self._evaluate)
             previous = choice
         summary = self.summary()
-        if distributed.is_main():
-            artifacts.write_json(self.dir / "summary.json", summary)
+        self.dir.write_summary(summary)
         if self._tb is not None:
             self._tb.close()
         return summary
 
     def _stage(self, k: int, name: str, fn) -> Any:
-        key = f"iter_{k}/{name}"
-        path = self.dir / f"iter_{k}" / f"{name}.json"
-        if key in self.done() and path.is_file():
-            return artifacts.read_json(path)
-        artifacts.fault(f"{key}:before")  # test-only kill points, see artifacts.fault
+        if self.dir.has(k, name):
+            return self.dir.read_stage(k, name)
+        fault(f"{stage_key(k, name)}:before")  # test-only kill point, see artifacts.fault
         t0 = time.perf_counter()
         try:
             result = fn(k)
@@ -229,10 +137,7 @@ class Run:
         result = {} if result is None else result
         result.setdefault("_seconds", time.perf_counter() - t0)
         result = distributed.from_main(result)  # every rank goes on with the main process's result
-        if distributed.is_main():
-            artifacts.write_json(path, result)
-            artifacts.fault(f"{key}:after-artifact")
-            self._mark(key)
+        self.dir.write_stage(k, name, result)
         distributed.barrier()
         if self._tb is not None:
             for tag, value in _scalars(result):
@@ -248,18 +153,13 @@ class Run:
             res: BoundaryResult = measure(self.policy(k - 1), p.probe, p.pool, p.judge, self.cfg.boundary,
                                           self.cfg.generation, seed=stage_seed(self.cfg.seed, k, "measure"),
                                           train_prompts=len(p.train), progress=adv)
-        out = {"measured": True, **res.to_dict()}
-        self.ui.log(f"[iter_{k}/measure] BS={res.bs:.3f} [{res.lo:.3f}, {res.hi:.3f}] -> {res.decision} "
+        self.ui.log(f"[{stage_key(k, 'measure')}] BS={res.bs:.3f} [{res.lo:.3f}, {res.hi:.3f}] -> {res.decision} "
                     f"({res.prompts} prompts, {res.comparisons} comparisons, {res.seconds:.1f}s)")
-        return out
+        return {"measured": True, **res.to_dict()}
 
     def _decide(self, k: int, bs: dict, previous: Choice | None) -> dict:
-        s = self.cfg.schedule
-        measured = bs.get("measured", False)
-        choice = choose(s.kind, k, bs.get("decision") if measured else None, bs.get("bs") if measured else None,
-                        previous, path=parse_path(s.path) if s.path else None,
-                        threshold=self.cfg.boundary.threshold, first=s.first, blend_width=s.blend_width)
-        self.ui.log(f"[iter_{k}/decide] {choice.source} (on-policy share {choice.onpolicy_share:.2f}): {choice.reason}")
+        choice = next_choice(self.cfg.schedule, self.cfg.boundary.threshold, k, bs, previous)
+        self.ui.log(f"[{stage_key(k, 'decide')}] {choice.source} (on-policy share {choice.onpolicy_share:.2f}): {choice.reason}")
         return asdict(choice)
 
     def _build(self, k: int, choice: Choice) -> dict:
@@ -293,35 +193,30 @@ class Run:
         pairs, dropped = make_pairs(sets, rule=cfg.pairing.rule, min_margin=cfg.pairing.min_margin,
                                     iteration=k, rng=rng)
         dropped.update(empty)
-        d = self.dir / f"iter_{k}"
-        if distributed.is_main():
-            artifacts.write_jsonl(d / "candidates.jsonl", (s.to_row() for s in sets))
-            artifacts.write_jsonl(d / "pairs.jsonl", (x.to_row() for x in pairs))
+        self.dir.write_rows(k, "candidates.jsonl", (s.to_row() for s in sets))
+        self.dir.write_rows(k, "pairs.jsonl", (x.to_row() for x in pairs))
         by_origin = Counter(x.origin for x in pairs)
-        self.ui.log(f"[iter_{k}/build] {len(pairs)} pairs ({dict(by_origin)}), dropped {dict(dropped)}")
+        self.ui.log(f"[{stage_key(k, 'build')}] {len(pairs)} pairs ({dict(by_origin)}), dropped {dict(dropped)}")
         return {"pairs": len(pairs), "by_origin": dict(by_origin), "dropped": dict(dropped),
                 "mean_margin": float(np.mean([x.margin for x in pairs])) if pairs else 0.0}
 
     def _train(self, k: int) -> dict:
         cfg = self.cfg
-        rows = artifacts.read_jsonl(self.dir / f"iter_{k}" / "pairs.jsonl")
-        policy = load_policy(self.policy_dir(k - 1), tokenizer=cfg.policy.tokenizer if k == 1 else None,
-                             dtype=cfg.policy.dtype, trust_remote_code=cfg.policy.trust_remote_code,
-                             prompt_template=cfg.policy.prompt_template if k == 1 else None)
+        rows = list(self.dir.read_rows(k, "pairs.jsonl"))
+        # a fresh copy: the cached policy(k - 1) must stay the checkpoint it names
+        policy = load_configured_policy(cfg.policy, self.policy_path(k - 1), initial=k == 1)
         ref = self.policy(0) if cfg.training.reference == "initial" and k > 1 else None
-        work = self.dir / f"iter_{k}" / "work"
         tcfg = cfg.training
         if tcfg.max_length is None and (ctx := context_length(policy)) is not None:
             tcfg = tcfg.model_copy(update={"max_length": ctx})  # a pool answer may not fit the context either
         with self.ui.task(f"iter {k}: {cfg.training.method} training", total=None) as adv:
             res = train_preference(policy, [PreferencePair.from_row(r).to_row() for r in rows], tcfg,
-                                   seed=stage_seed(cfg.seed, k, "train"), work_dir=work, ref_policy=ref,
+                                   seed=stage_seed(cfg.seed, k, "train"), work_dir=self.dir.work(k), ref_policy=ref,
                                    report_to=cfg.report_to, where=f"iteration {k}", progress=adv,
                                    lora=cfg.policy.lora)
         weights = distributed.full_state_dict(policy.model)  # ZeRO-3 / FSDP shards gathered; None otherwise
-        if distributed.is_main():
-            policy.save(self.dir / f"iter_{k}" / "model", state_dict=weights)
-        self.ui.log(f"[iter_{k}/train] {res.steps} steps on {res.pairs} pairs, loss {res.final_loss:.4f}, "
+        self.dir.save_model(k, policy, state_dict=weights)
+        self.ui.log(f"[{stage_key(k, 'train')}] {res.steps} steps on {res.pairs} pairs, loss {res.final_loss:.4f}, "
                     f"{res.seconds:.1f}s")
         return {"steps": res.steps, "pairs": res.pairs, "seconds": res.seconds, "final_loss": res.final_loss,
                 "pairs_per_second": res.pairs * cfg.training.epochs / max(res.seconds, 1e-9),
@@ -329,33 +224,26 @@ class Run:
 
     def _evaluate(self, k: int) -> dict:
         p = self.provider
-        ref_path = self.dir / "iter_0" / "eval_answers.jsonl"
         reference = None
         if k > 0:
-            reference = {r["prompt_id"]: r["answers"] for r in artifacts.iter_jsonl(ref_path)}
+            reference = {r["prompt_id"]: r["answers"] for r in self.dir.read_rows(0, "eval_answers.jsonl")}
         metrics, answers = evaluate(self.policy(k), p.eval, p.judge, self.cfg.eval, self.cfg.generation,
                                     seed=stage_seed(self.cfg.seed, 0, "evaluate"), truth=p.truth,
                                     reference=reference, initial=self.policy(0) if k > 0 else None)
-        if distributed.is_main():
-            artifacts.write_jsonl(self.dir / f"iter_{k}" / "eval_answers.jsonl",
-                                  ({"prompt_id": pid, "answers": a} for pid, a in answers.items()))
-        r = metrics.get("reward") or metrics.get("judge_score")
-        self.ui.log(f"[iter_{k}/evaluate] mean {'reward' if 'reward' in metrics else 'judge score'} "
-                    f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]")
+        self.dir.write_rows(k, "eval_answers.jsonl", ({"prompt_id": pid, "answers": a} for pid, a in answers.items()))
+        key, r = headline(metrics)
+        self.ui.log(f"[{stage_key(k, 'evaluate')}] mean {key.replace('_', ' ')} {r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]")
         return metrics
 
     # ---- summary ----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        rows = []
-        before = artifacts.read_json(self.dir / "iter_0" / "evaluate.json")
+        d = self.dir
+        initial = d.read_stage(0, "evaluate")
+        rows, before = [], initial
         for k in range(1, self.cfg.iterations + 1):
-            d = self.dir / f"iter_{k}"
-            bs = artifacts.read_json(d / "measure.json")
-            dec = artifacts.read_json(d / "decide.json")
-            build = artifacts.read_json(d / "build.json")
-            train = artifacts.read_json(d / "train.json")
-            after = artifacts.read_json(d / "evaluate.json")
-            key = "reward" if "reward" in after else "judge_score"
+            bs, dec, build, train, after = (d.read_stage(k, s) for s in ("measure", "decide", "build", "train",
+                                                                          "evaluate"))
+            key, _ = headline(after)
             rows.append({
                 "iteration": k, "source": dec["source"], "onpolicy_share": dec["onpolicy_share"],
                 "bs": bs.get("bs"), "bs_lo": bs.get("lo"), "bs_hi": bs.get("hi"), "decision": bs.get("decision"),
@@ -370,9 +258,19 @@ class Run:
                 "kl": after.get("kl_to_initial", {}).get("mean"),
             })
             before = after
-        return {"run_dir": str(self.dir), "schedule": self.cfg.schedule.kind, "method": self.cfg.training.method,
+        return {"run_dir": str(d.root), "schedule": self.cfg.schedule.kind, "method": self.cfg.training.method,
                 "policy": self.cfg.policy.testbed or self.cfg.policy.model, "seed": self.cfg.seed,
-                "initial": artifacts.read_json(self.dir / "iter_0" / "evaluate.json"), "iterations": rows}
+                "initial": initial, "iterations": rows}
+
+
+def measure_checkpoint(cfg: RunConfig, checkpoint: str | None = None, log=print) -> BoundaryResult:
+    """`stagealign measure`: the boundary score of `checkpoint` (default: the config's initial
+    policy) against the config's pool and judge, outside any run directory."""
+    check_backend(cfg.generation.backend)
+    prov = build_provider(cfg, log=log)
+    policy = load_configured_policy(cfg.policy, checkpoint or prov.initial_policy, initial=checkpoint is None)
+    return measure(policy, prov.probe, prov.pool, prov.judge, cfg.boundary, cfg.generation,
+                   seed=stage_seed(cfg.seed, 0, "measure"), train_prompts=len(prov.train))
 
 
 def _scalars(d: dict, prefix: str = "") -> list[tuple[str, float]]:

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from stagealign.artifacts import atomic_path
+from stagealign.hub import is_hub_name
 
 FORMAT_FILE = "stagealign_format.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -93,7 +94,7 @@ def load_policy(path: str | Path, *, tokenizer: str | None = None, dtype: str = 
     local = Path(path_str)
     if local.exists() and not (local / "config.json").is_file():
         raise PolicyError(f"{local}: not a model directory (no config.json)")
-    if not local.exists() and (path_str.startswith((".", "/", "~")) or path_str.count("/") > 1):
+    if not local.exists() and not is_hub_name(path_str, legacy=True):
         raise PolicyError(f"{path_str}: no such model directory")
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -110,3 +111,14 @@ def load_policy(path: str | Path, *, tokenizer: str | None = None, dtype: str = 
     tok.padding_side = "left"
     model.to(device())
     return Policy(model=model, tokenizer=tok, prompt_template=prompt_template, trust_remote_code=trust_remote_code)
+
+
+def load_configured_policy(cfg, path: str | Path, *, initial: bool) -> Policy:
+    """Load a run's policy with the `policy:` section `cfg` (a `config.PolicyConfig`).
+
+    The tokenizer and prompt-template overrides belong to the initial checkpoint; every later
+    checkpoint was saved with its own tokenizer and format, so they are not applied again.
+    """
+    return load_policy(path, tokenizer=cfg.tokenizer if initial else None, dtype=cfg.dtype,
+                       trust_remote_code=cfg.trust_remote_code,
+                       prompt_template=cfg.prompt_template if initial else None)

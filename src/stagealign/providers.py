@@ -7,14 +7,15 @@ which kind it got.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from stagealign import plugins
 from stagealign.config import RunConfig
 from stagealign.data.schema import CandidateSet, Prompt
-from stagealign.judges.base import CachedJudge, CallableJudge, Judge, load_callable
+from stagealign.seeds import split_seed
+from stagealign.judges.base import CachedJudge, Judge
 
 
 @dataclass
@@ -28,91 +29,49 @@ class Provider:
     initial_policy: str  # directory or hub name
     skipped: dict[str, int]
 
+    def fit_context(self, policy, max_new_tokens: int) -> dict:
+        """Drop prompts `policy` cannot read and still answer in `max_new_tokens`; returns the
+        record of what is left and what was skipped (the run keeps it as data.json).
 
-def prompt_id(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+        A split left empty is an error naming one of its prompts: past its context a model with
+        learned positions fails deep inside torch, and a rotary one generates from positions it
+        never saw.
+        """
+        from stagealign.boundary import fit_context
+
+        skipped, long_ids, limit = dict(self.skipped), [], None
+        for split in ("train", "probe", "eval"):
+            kept, too_long, limit = fit_context(policy, getattr(self, split), max_new_tokens)
+            if too_long and not kept:
+                pid, n = too_long[0]
+                raise ValueError(f"all {len(too_long)} {split} prompts are too long for the policy's context of "
+                                 f"{limit + max_new_tokens} tokens with generation.max_new_tokens={max_new_tokens} "
+                                 f"(prompt id {pid!r} has {n} tokens)")
+            setattr(self, split, kept)
+            long_ids += [pid for pid, _ in too_long]
+        if long_ids:
+            skipped["prompt_too_long"] = len(long_ids)
+        return {"prompts": {s: len(getattr(self, s)) for s in ("train", "probe", "eval")}, "skipped": skipped,
+                "max_prompt_tokens": limit, "prompt_too_long_ids": long_ids[:20]}
 
 
 def build_provider(cfg: RunConfig, log=print) -> Provider:
+    """A run's ingredients: from the plugin that provides `policy.testbed` runs (the synthetic
+    world), else from a Hugging Face model and pool."""
     if cfg.policy.testbed is not None:
-        return _testbed(cfg, log)
+        return plugins.provider("testbed").build(cfg, log)
     return _huggingface(cfg, log)
 
 
-def _testbed(cfg: RunConfig, log) -> Provider:
-    from stagealign.testbed.judges import GroundTruthJudge, NoisyJudge
-    from stagealign.testbed.policies import initial_policy_dir
-    from stagealign.testbed.world import World
-
-    world = World(cfg.world)
-    split = {s: [Prompt(prompt_id(t), t) for t in world.prompts(s)] for s in ("train", "probe", "eval")}
-    if cfg.data.train_prompts:
-        split["train"] = split["train"][: cfg.data.train_prompts]
-    split["eval"] = split["eval"][: cfg.data.eval_prompts]
-    pool = static_pool(world, split["train"] + split["probe"])
-    truth = GroundTruthJudge(world)
-    if cfg.judge.kind == "ground_truth":
-        judge: Judge = truth
-    elif cfg.judge.kind == "noisy":
-        judge = NoisyJudge(world, seed=int(cfg.judge.options.get("seed", 0)))
-    else:
-        judge = _callable(cfg)
-    return Provider(train=split["train"], probe=split["probe"], eval=split["eval"], pool=pool,
-                    judge=CachedJudge(judge), truth=truth,
-                    initial_policy=str(initial_policy_dir(world, cfg.policy.testbed, log=log)), skipped={})
-
-
-def static_pool(world, prompts: list[Prompt]) -> dict[str, CandidateSet]:
-    """`pool_samples` answers per pool writer per prompt, fixed by the world's seed (a dataset, not
-    a run). Duplicate answers of one prompt are kept once."""
-    rng = np.random.default_rng(world.cfg.seed + 104729)
-    texts = [p.text for p in prompts]
-    k = world.cfg.pool_samples
-    per_writer = [(w.name, world.write(w, texts, k, rng)) for w in world.cfg.pool]
-    pool = {}
-    for i, p in enumerate(prompts):
-        answers = {}
-        for name, written in per_writer:
-            for a in written[i]:
-                answers.setdefault(a, name)
-        pool[p.id] = CandidateSet(prompt_id=p.id, prompt=p.text, candidates=list(answers),
-                                  sources=list(answers.values()), origin="static")
-    return pool
-
-
-def _callable(cfg: RunConfig) -> Judge:
-    if not cfg.judge.path:
-        raise ValueError("judge.kind=callable needs judge.path='package.module:function'")
-    return CallableJudge(load_callable(cfg.judge.path), temperature=cfg.judge.temperature)
-
-
-def judge_spec(cfg: RunConfig) -> dict:
-    """`build_judge` spec of a real-model judge: `judge.options` plus the config's own keys.
-
-    `judge.path` is the model (reward_model / pairrm path, openai `model`, callable
-    `module:function`); `judge.batch_size` goes to the local models, `judge.temperature` (the
-    Bradley-Terry temperature) to the scalar ones.
-    """
-    j = cfg.judge
-    spec: dict = {"kind": j.kind, **j.options}
-    if j.path:
-        spec["model" if j.kind == "openai" else "path"] = j.path
-    if j.kind in ("reward_model", "pairrm"):
-        spec.setdefault("batch_size", j.batch_size)
-    if j.kind in ("reward_model", "callable"):
-        spec.setdefault("temperature", j.temperature)
-    return spec
-
-
 def _huggingface(cfg: RunConfig, log) -> Provider:
-    from stagealign.data.loaders import load_pool
-    from stagealign.judges.registry import build_judge
+    from stagealign.data.pool import load_pool
+    from stagealign.judges import registry
 
     pool = load_pool(cfg.data.pool, format=cfg.data.format, split=cfg.data.split)
     if pool.skipped:
         log(f"[data] skipped rows: {dict(pool.skipped)}")
     prompts = list(pool.prompts)
-    rng = np.random.default_rng(cfg.seed + 17)
+    rng = np.random.default_rng(split_seed(cfg.seed))
     order = rng.permutation(len(prompts))
     n_eval = min(cfg.data.eval_prompts, max(1, len(prompts) // 10))
     n_probe = min(cfg.boundary.probe_prompts, max(1, len(prompts) // 10))
@@ -123,7 +82,7 @@ def _huggingface(cfg: RunConfig, log) -> Provider:
     tr = [prompts[i] for i in order[n_eval + n_probe:]]
     if cfg.data.train_prompts:
         tr = tr[: cfg.data.train_prompts]
-    judge = build_judge(judge_spec(cfg)) if cfg.judge.kind != "callable" else _callable(cfg)
+    judge = registry.build_judge(registry.spec_from_config(cfg.judge))
     sets = pool.sets
     if not cfg.data.keep_labels:
         for s in sets.values():  # the dataset's own scores (UltraFeedback ratings) are not the judge's

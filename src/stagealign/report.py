@@ -13,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 from stagealign import artifacts
+from stagealign.rundir import RunDir
+from stagealign.schedule import SHORT, is_adaptive, path_text
 
-_SHORT = {"static": "off", "onpolicy": "on"}
 
 
 def _f(x, fmt="{:.3f}") -> str:
@@ -38,7 +39,7 @@ def fmt_ci(est: dict | None, fmt: str = "{:.3f}") -> str:
 def _run_name(s: dict) -> str:
     sched = s["schedule"]
     if sched == "path":
-        sched = "path " + "-".join(_SHORT.get(r["source"], r["source"]) for r in s["iterations"])
+        sched = "path " + path_text([r["source"] for r in s["iterations"]])
     return f"{s['policy']} / {sched}"
 
 
@@ -212,7 +213,7 @@ def _panel_title(g: dict) -> str:
     """Policy / method, then what each adaptive schedule chose: its commonest paths with seed counts."""
     real = []
     for n, c in _cells(g):
-        if c["kind"] in ("auto", "blend"):
+        if is_adaptive(c["kind"]):
             counts = Counter(c["realised"]).most_common()
             shown = ", ".join(f"{p} {k}/{len(c['realised'])}" for p, k in counts[:2])
             real.append(f"{n}: {shown}" + (f" +{len(counts) - 2} more" if len(counts) > 2 else ""))
@@ -462,7 +463,7 @@ def plot_run_reward(summary: dict, path: Path) -> Path:
     ax.plot(xs, ys, marker="o", color="tab:blue", label=_run_name(summary))
     ax.fill_between(xs, lo, hi, color="tab:blue", alpha=0.15, label="95% CI over eval prompts")
     for x, r in zip(xs[1:], rows):
-        src = _SHORT.get(r["source"], f"blend {r['onpolicy_share']:.2f}")
+        src = SHORT.get(r["source"], f"blend {r['onpolicy_share']:.2f}")
         ax.annotate(f"trained on {src}" + ("" if r["bs"] is None else f"\n(BS before: {r['bs']:.2f})"),
                     (x, r["after"]),
                     textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
@@ -518,7 +519,7 @@ def grid_report_markdown(m: dict, figures: dict[str, str]) -> str:
 
 
 def write_grid_report(out_dir: str | Path, metrics: dict | None = None) -> Path:
-    from stagealign.experiments import grid_metrics
+    from stagealign.grid import grid_metrics
 
     out = Path(out_dir)
     m = metrics if metrics is not None else grid_metrics(out)
@@ -536,7 +537,7 @@ def write_grid_report(out_dir: str | Path, metrics: dict | None = None) -> Path:
 
 def write_run_report(run_dir: str | Path) -> Path:
     d = Path(run_dir)
-    summary = artifacts.read_json(d / "summary.json")
+    summary = RunDir(d).read_summary()
     plot_run_reward(summary, d / "reward.png")
     text = "\n".join([f"# Run report: `{d}`", "", f"Policy {summary['policy']}, method {summary['method']}, "
                       f"schedule {summary['schedule']}, seed {summary['seed']}. Intervals: 95% over eval prompts "
@@ -548,14 +549,14 @@ def write_run_report(run_dir: str | Path) -> Path:
 
 def write_report(directory: str | Path) -> Path:
     """DIR/report.md (+ PNGs) for a grid directory or a single run directory."""
-    from stagealign.experiments import MANIFEST, GridError
+    from stagealign.grid import MANIFEST, GridError
 
-    d = Path(directory)
+    d, run = Path(directory), RunDir(directory)
     if (d / MANIFEST).is_file():
         return write_grid_report(d)
-    if (d / "summary.json").is_file():
+    if run.summary_path.is_file():
         return write_run_report(d)
-    if (d / "state.json").is_file():
+    if run.started:
         raise GridError(f"{d}: this run has not finished (no summary.json); resume it with `stagealign run`")
     raise GridError(f"{d}: neither a grid directory (no grid-cells.json) nor a finished run (no summary.json)")
 

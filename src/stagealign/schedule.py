@@ -22,11 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Choice", "Source", "KINDS", "parse_path", "blend_share", "choose"]
+__all__ = ["Choice", "Source", "KINDS", "ADAPTIVE", "PURE", "SHORT", "is_adaptive", "parse_path", "short", "path_text", "blend_share",
+           "choose", "next_choice"]
 
 Source = Literal["static", "onpolicy", "blend"]
 Kind = Literal["static", "onpolicy", "path", "auto", "blend"]
 KINDS: tuple[str, ...] = ("static", "onpolicy", "path", "auto", "blend")
+#: kinds whose choice depends on the measured boundary score (they need boundary.enabled)
+ADAPTIVE: tuple[str, ...] = ("auto", "blend")
 _DECISIONS = ("injection", "fine-tuning", "uncertain")
 
 _TOKENS = {
@@ -64,6 +67,28 @@ class Choice:
             raise ValueError(f"source {self.source!r} needs onpolicy_share={expected}, got {share}")
         if self.source == "blend" and share in (0.0, 1.0):
             raise ValueError("a blend needs 0 < onpolicy_share < 1; use static/onpolicy instead")
+
+
+#: the short names paths are written with (``off,on``; grid cells ``path-off-on``)
+SHORT = {"static": "off", "onpolicy": "on"}
+#: the pure sources (a path is a sequence of them; a blend is neither)
+PURE: tuple[str, ...] = tuple(SHORT)
+
+
+def is_adaptive(kind: str) -> bool:
+    return kind in ADAPTIVE
+
+
+def short(source: str, share: float | None = None) -> str:
+    """``off`` / ``on`` for a pure source; a blend shows its on-policy share when given."""
+    if source in SHORT:
+        return SHORT[source]
+    return f"blend({share:.2f})" if source == "blend" and share is not None else source
+
+
+def path_text(sources: Sequence[str], sep: str = "-", empty: str = "init") -> str:
+    """``["static", "onpolicy"]`` -> ``"off-on"`` (``sep=","`` gives the config form ``"off,on"``)."""
+    return sep.join(short(s) for s in sources) if sources else empty
 
 
 def _token(tok: str, where: str) -> str:
@@ -143,7 +168,7 @@ def choose(
     first_src = _token(first, "first")
     bs_txt = "not measured" if bs is None else f"BS={bs:.3f}"
 
-    if kind in ("static", "onpolicy"):
+    if kind in PURE:
         return _pure(kind, f"fixed schedule '{kind}'")
 
     if kind == "path":
@@ -185,3 +210,17 @@ def choose(
     if share == 1.0:
         return _pure("onpolicy", reason)
     return Choice("blend", share, reason)
+
+
+def next_choice(schedule, threshold: float, iteration: int, measure: dict | None, previous: Choice | None) -> Choice:
+    """The choice for `iteration` from a run's `schedule:` section and its recorded boundary
+    measurement (a `measure` stage result; None or ``measured: false`` when not measured).
+
+    The pipeline decides with it, and the grid predicts with it which finished cell a schedule
+    will follow, so both always agree.
+    """
+    measured = bool(measure and measure.get("measured"))
+    return choose(schedule.kind, iteration, measure.get("decision") if measured else None,
+                  measure.get("bs") if measured else None, previous,
+                  path=parse_path(schedule.path) if schedule.path else None, threshold=threshold,
+                  first=schedule.first, blend_width=schedule.blend_width)

@@ -8,6 +8,7 @@ trainer reads them directly; the extra columns are ignored there.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,15 @@ class Prompt:
     id: str
     text: str
     reference: str | None = None  # an optional reference answer (for win rate vs reference)
+
+
+def prompt_id(text: str) -> str:
+    """The id of a prompt that comes without one: 16 hex chars of the sha256 of the stripped text.
+
+    One rule for every source of prompts, so the same text gets the same id whether it came from
+    a pool file or a synthetic world, and artifacts of different runs join on it.
+    """
+    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 
 from stagealign import distributed
 from stagealign.policy import Policy
+from stagealign.seeds import batch_seed
 
 
 @torch.inference_mode()
@@ -39,7 +40,7 @@ def sample(policy: Policy, prompts: list[str], *, n: int, temperature: float = 1
         idx = order[start:start + batch_size]
         enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True,
                   add_special_tokens=not policy.uses_chat_template).to(dev)
-        torch.manual_seed(seed * 1_000_003 + b)
+        torch.manual_seed(batch_seed(seed, b))
         gen = model.generate(
             **enc, do_sample=True, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
             num_return_sequences=n, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,

@@ -18,13 +18,13 @@ vLLM does) and the answers are gathered.
 from __future__ import annotations
 
 import gc
-import hashlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from stagealign import distributed
 from stagealign.policy import Policy
+from stagealign.seeds import derive
 
 MISSING = "generation.backend: vllm needs the optional extra: pip install 'stagealign[vllm]'"
 NO_GPU = "generation.backend: vllm needs a CUDA GPU and none is visible here; use generation.backend: hf"
@@ -81,8 +81,7 @@ def _llm(policy: Policy):
 
 
 def _prompt_seed(seed: int, index: int) -> int:
-    h = hashlib.sha256(f"{seed}:{index}".encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+    return derive(seed, index)
 
 
 def sample(policy: Policy, prompts: list[str], *, n: int, temperature: float = 1.0, top_p: float = 1.0,

@@ -31,8 +31,9 @@ import torch.nn as nn
 from transformers import DebertaV2Model, DebertaV2PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from stagealign.hub import is_hub_name
 from stagealign.judges.base import Judge, JudgeError
-from stagealign.judges.reward_model import _is_local_path, resolve_device, resolve_dtype
+from stagealign.judges.reward_model import resolve_device, resolve_dtype
 
 SOURCE_PREFIX = "<|source|>"
 CAND1_PREFIX = "<|candidate1|>"
@@ -227,7 +228,7 @@ class PairRMJudge(Judge):
         from transformers import AutoTokenizer
 
         path = self.path
-        if _is_local_path(path):
+        if not is_hub_name(path, legacy=True):  # a directory we must find on disk
             path = os.path.expanduser(path)
             if not os.path.isdir(path):
                 raise ValueError(f"PairRM path {self.path!r} does not exist (or is not a directory)")

@@ -22,25 +22,14 @@ and returned in the input order.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import numpy as np
 
+from stagealign.hub import is_hub_name
 from stagealign.judges.base import Judge
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _HEAD_HINTS = ("SequenceClassification", "Reward", "Classifier", "Classification")
-
-
-def _is_local_path(path_or_name: str) -> bool:
-    """A string we must find on disk (rather than a hub id like 'org/name')."""
-    p = str(path_or_name)
-    if os.path.exists(p):
-        return True
-    if p.startswith((".", "/", "~")) or os.path.isabs(p) or "\\" in p:
-        return True
-    return not _HUB_ID.match(p)
 
 
 def resolve_dtype(dtype: Any):
@@ -106,7 +95,7 @@ class RewardModelJudge(Judge):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         path = self.path
-        if _is_local_path(path):
+        if not is_hub_name(path, legacy=True):  # a directory we must find on disk
             path = os.path.expanduser(path)
             if not os.path.isdir(path):
                 raise ValueError(f"reward model path {self.path!r} does not exist (or is not a directory)")

@@ -34,7 +34,7 @@ class NoisyJudge(Judge):
 
     def __init__(self, world: World, seed: int = 0):
         self.world = world
-        self.seed = seed
+        self.seed = int(seed)  # a config may give 1.0; the hash must not depend on how it was written
         self.name = "noisy"
         self.temperature = world.cfg.bt_temperature
 

@@ -32,11 +32,33 @@ def trainer_kwargs(*, seed: int, report_to: str, output_dir: str) -> dict[str, A
         report_to=[] if report_to == "none" else [report_to],
         logging_steps=5,
         disable_tqdm=True,
-        activation_checkpointing=False,  # tiny and CPU models: recomputation only costs time
+        **checkpointing_arg(False),  # tiny and CPU models: recomputation only costs time
         dataloader_num_workers=0,
         logging_nan_inf_filter=False,  # the default hides NaN/inf step losses from the logs we check
     )
     return kw
+
+
+def _training_fields() -> set[str]:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def checkpointing_arg(on: bool) -> dict[str, bool]:
+    """Activation (gradient) checkpointing on or off, under the name the installed transformers
+    takes: `activation_checkpointing` in recent 5.x releases, `gradient_checkpointing` before
+    (pyproject allows both; vLLM's extra pins transformers below 5)."""
+    return {"activation_checkpointing" if "activation_checkpointing" in _training_fields()
+            else "gradient_checkpointing": on}
+
+
+def warmup_arg(ratio: float) -> dict[str, float]:
+    """Linear warmup over `ratio` of the steps: transformers 4.x names it `warmup_ratio`; 5.x removed
+    that and reads a float `warmup_steps` below 1 as the same ratio."""
+    return {"warmup_ratio" if "warmup_ratio" in _training_fields() else "warmup_steps": ratio}
 
 
 class NumericsError(RuntimeError):

@@ -33,7 +33,8 @@ from trl.data_utils import common_prefix_length
 from stagealign.config import LoraSettings, TrainingConfig
 from stagealign.distributed import shared_dataset
 from stagealign.policy import Policy, merge_adapter
-from stagealign.training.common import FiniteLossCallback, ProgressCallback, quiet_libraries, trainer_kwargs
+from stagealign.training.common import (FiniteLossCallback, ProgressCallback, quiet_libraries, trainer_kwargs,
+                                        warmup_arg)
 
 METHOD_LOSS = {"dpo": "sigmoid", "slic-hf": "hinge", "ipo": "ipo"}
 
@@ -180,7 +181,7 @@ def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, s
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_grad_norm=cfg.max_grad_norm,
-        warmup_steps=cfg.warmup_ratio,
+        **warmup_arg(cfg.warmup_ratio),
         weight_decay=cfg.weight_decay,
         max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,

@@ -10,7 +10,7 @@ from trl import SFTConfig, SFTTrainer
 from stagealign.policy import Policy
 from transformers import PrinterCallback
 
-from stagealign.training.common import FiniteLossCallback, quiet_libraries, trainer_kwargs
+from stagealign.training.common import FiniteLossCallback, quiet_libraries, trainer_kwargs, warmup_arg
 
 
 def train_sft(policy: Policy, rows: list[dict], *, epochs: float, learning_rate: float, batch_size: int,
@@ -23,7 +23,7 @@ def train_sft(policy: Policy, rows: list[dict], *, epochs: float, learning_rate:
         learning_rate=learning_rate,
         per_device_train_batch_size=batch_size,
         lr_scheduler_type="cosine",
-        warmup_steps=0.05,
+        **warmup_arg(0.05),
         completion_only_loss=True,
         max_length=None,
         **trainer_kwargs(seed=seed, report_to="none", output_dir=str(work_dir / "sft")),

@@ -1,0 +1,102 @@
+"""The extension point: optional parts plug into the core without the core importing them.
+
+A plugin is one `Plugin` value that names what it adds: config sections (validated inside the run
+config like every other section, so typos get the same one-line errors), the provider that builds
+a run's ingredients, the judge kinds it brings, and the lines `--dry-run` prints for it. Plugins
+are found through the ``stagealign.plugins`` entry-point group (see pyproject.toml); the built-in
+synthetic world is one (`stagealign.testbed.plugin:PLUGIN`). So the import graph of the core never
+reaches the testbed, and another world, or an in-house data provider, plugs in the same way.
+
+This module knows no plugin by name and imports nothing of the core, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any
+
+GROUP = "stagealign.plugins"
+
+
+@dataclass(frozen=True)
+class DryRunPlan:
+    """What a provider plugin tells `--dry-run` about a config before anything is built."""
+
+    lines: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    train_prompts: int | None = None
+    probe_prompts: int | None = None
+    eval_prompts: int | None = None
+    answers_per_prompt: int | None = None  # static pool answers per prompt
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """What one plugin adds to the core. Every field is optional but the name.
+
+    - ``sections``: config sections by top-level key (pydantic models with defaults).
+    - ``provider``: the name a run config selects it by (`policy.<provider>`), and ``build``,
+      ``(cfg, log) -> providers.Provider``.
+    - ``judges``: judge kinds by name, each a `judges.registry.JudgeKind`.
+    - ``dry_run``: ``cfg -> DryRunPlan`` for configs this plugin provides.
+    - ``show``: ``cfg -> str``, a description for `stagealign world show`.
+    """
+
+    name: str
+    sections: Mapping[str, type] = field(default_factory=dict)
+    provider: str | None = None
+    build: Callable[..., Any] | None = None
+    judges: Mapping[str, Any] = field(default_factory=dict)
+    dry_run: Callable[[Any], DryRunPlan] | None = None
+    show: Callable[[Any], str] | None = None
+
+
+class PluginError(RuntimeError):
+    """A plugin cannot be loaded or clashes with another one."""
+
+
+@lru_cache(maxsize=1)
+def plugins() -> tuple[Plugin, ...]:
+    """Every installed plugin, in entry-point name order (loaded once per process)."""
+    found = []
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken plugin must say which one it is
+            raise PluginError(f"stagealign plugin {ep.name!r} ({ep.value}) cannot be loaded: {exc}") from exc
+        if not isinstance(plugin, Plugin):
+            raise PluginError(f"stagealign plugin {ep.name!r} ({ep.value}) is a {type(plugin).__name__}, "
+                              "not a stagealign.plugins.Plugin")
+        found.append(plugin)
+    _check_clashes(found)
+    return tuple(found)
+
+
+def _check_clashes(found: list[Plugin]) -> None:
+    for what in ("sections", "judges"):
+        seen: dict[str, str] = {}
+        for p in found:
+            for key in getattr(p, what):
+                if key in seen:
+                    raise PluginError(f"plugins {seen[key]!r} and {p.name!r} both define {what[:-1]} {key!r}")
+                seen[key] = p.name
+
+
+def config_sections() -> dict[str, type]:
+    return {key: model for p in plugins() for key, model in p.sections.items()}
+
+
+def judge_kinds() -> dict[str, Any]:
+    return {key: kind for p in plugins() for key, kind in p.judges.items()}
+
+
+def provider(name: str) -> Plugin:
+    """The plugin that provides runs selected by `policy.<name>`."""
+    for p in plugins():
+        if p.provider == name:
+            return p
+    raise PluginError(f"no installed stagealign plugin provides {name!r} runs "
+                      "(is the package installed, e.g. `pip install -e .`?)")
