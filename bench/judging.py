@@ -143,7 +143,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from stagealign.config import load_config
-    from stagealign.generation.hf import sample
+    from stagealign.generation import sample
     from stagealign.judges.reward_model import RewardModelJudge
     from stagealign.policy import load_policy
     from stagealign.providers import build_provider

@@ -163,6 +163,19 @@ def table() -> str:
                          "-", f"time ~ {label}^{g['time_total_slope']:.2f} (gen {g['time_generation_slope']:.2f}, "
                               f"judge {g['time_judging_slope']:.2f}, train {g['time_training_slope']:.2f}); "
                               f"RSS ~ ^{g['peak_rss_slope']:.2f}", "-", "-"])
+    mr = _load("memory_real")  # not in make bench (about 2 minutes): python bench/memory_real.py
+    if mr:
+        before = next(c for c in mr["cases"] if c["method"] == "before")
+        after = next(c for c in mr["cases"] if c["method"] == "after" and c["rows"] == before["rows"])
+        est, fit = mr["estimate_at_preset_kl_batch_gib"], mr["estimate_over_measured"]
+        rows.append([f"KL / log-prob step, vocabulary {mr['args']['vocab']:,}, {mr['args']['length']:,}-token rows: "
+                     f"peak memory of the step, {before['rows']} rows (memory_real)",
+                     f"{after['step_mb']:,.0f} MiB (fused head)", f"{before['step_mb']:,.0f} MiB (full logits)",
+                     f"{before['step_mb'] / after['step_mb']:.1f}x less; at the preset's {mr['args']['preset_kl_batch']} "
+                     f"rows (estimate) {est['gpu_bfloat16_triton']['after']:.2f} vs "
+                     f"{est['gpu_bfloat16_triton']['before']:.0f} GiB on a bf16 GPU",
+                     "estimator within 25% of measured", _yes(fit["all_within_25_percent"])
+                     + f" ({fit['min']:.2f}-{fit['max']:.2f})"])
     head = ["quantity", "ours", "baseline", "ratio", "goal", "met?"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

@@ -1,7 +1,7 @@
 """On-policy sampling: the batched builder against one-prompt-at-a-time `generate`.
 
 The naive baseline is what hand-written iterative-DPO scripts do: for each prompt, one
-`model.generate(num_return_sequences=N)` call. `stagealign.generation.hf.sample` batches
+`model.generate(num_return_sequences=N)` call. `stagealign.generation.sample` batches
 `batch_size` prompts per call (length-sorted, left-padded). Both run on the same policy, prompts
 and settings in the same process, alternating, 3 repeats; the ratio of medians is reported.
 Writes bench/results/sampling.json.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import write_result  # noqa: E402
 
 from stagealign.config import load_config
-from stagealign.generation.hf import sample
+from stagealign.generation import sample
 from stagealign.policy import load_policy
 from stagealign.testbed.policies import initial_policy_dir
 from stagealign.testbed.world import World

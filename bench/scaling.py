@@ -1,7 +1,7 @@
 """Scaling: time and peak memory of one on-policy iteration against model size and prompt count.
 
 One iteration, stage by stage, as the pipeline runs it: sample N answers per training prompt
-(`generation.hf.sample`), score them and build max-min pairs (`data.pairs`, the world's
+(`generation.sample`), score them and build max-min pairs (`data.pairs`, the world's
 ground-truth judge behind `CachedJudge`), train one DPO epoch on the pairs
 (`training.preference.train_preference`, the run config's defaults). Each point runs in a fresh
 child process so its peak RSS (VmHWM) is its own; `rss_over_start` is the peak minus the RSS after
@@ -41,7 +41,7 @@ def child(hidden: int, prompts: int, n: int, out: str) -> None:
     from stagealign.config import load_config
     from stagealign.data.pairs import make_pairs, score_sets
     from stagealign.data.schema import CandidateSet
-    from stagealign.generation.hf import sample
+    from stagealign.generation import sample
     from stagealign.judges.base import CachedJudge
     from stagealign.data.schema import prompt_id
     from stagealign.testbed.judges import GroundTruthJudge

@@ -1,15 +1,19 @@
-"""Evaluation: win rates against the initial policy's answers and against references given with prompts."""
+"""Evaluation: win rates against the initial policy's answers and against references given with
+prompts; the KL to the initial policy on exactly the tokens sampled."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 import tiny_hf
 from stagealign.config import EvalConfig, GenerationConfig
 from stagealign.data.schema import Prompt
 from stagealign.evaluate import evaluate
+from stagealign.generation import hf
 from stagealign.judges.base import CallableJudge
 from stagealign.policy import load_policy
+from stagealign.seeds import batch_seed
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +49,37 @@ def test_prompts_without_a_reference_are_left_out(policy):
     # the initial policy's answers as reference (the pipeline's default) sit next to it
     both, _ = _eval(policy, prompts, reference={p.id: [worst] for p in prompts})
     assert both["win_rate_judge"]["mean"] != pytest.approx(both["win_rate_given_judge"]["mean"])
+
+
+def _sequence_logprob(model, sequence: torch.Tensor, start: int) -> float:
+    """log p(sequence[start:] | sequence[:start]) from one plain forward pass."""
+    with torch.no_grad():
+        logp = model(sequence[None]).logits[0, :-1].float().log_softmax(-1)
+    return float(logp.gather(-1, sequence[1:, None])[start - 1:].sum())
+
+
+def test_kl_is_scored_on_exactly_the_sampled_tokens(policy, tmp_path):
+    """KL(policy || initial) = mean over samples of log pi(y|x) - log pi_0(y|x), where log pi(y|x)
+    is what generate() drew y with and y is the token sequence drawn: up to and including the end
+    token the model stopped on, or its max_new_tokens tokens (no EOS added), special tokens the
+    decoder drops included (a random tiny model draws <pad> and <unk>), no space inserted."""
+    initial = load_policy(tiny_hf.save_policy_dir(tmp_path / "init", seed=1))
+    prompt, n, steps, seed = tiny_hf.prompt_text(3), 6, 6, 11
+    metrics, _ = evaluate(policy, [Prompt("p0", prompt)], CallableJudge(tiny_hf.score),
+                          EvalConfig(samples=n, temperature=1.0, kl=True),
+                          GenerationConfig(max_new_tokens=steps, batch_size=8), seed=seed, initial=initial)
+    enc = policy.tokenizer([policy.format(prompt)], return_tensors="pt", padding=True)
+    torch.manual_seed(batch_seed(seed, 0))  # the draw evaluate made
+    out = policy.model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=steps,
+                                num_return_sequences=n, pad_token_id=policy.tokenizer.pad_token_id,
+                                eos_token_id=hf.stop_ids(policy), output_logits=True, return_dict_in_generate=True)
+    scores = policy.model.compute_transition_scores(out.sequences, out.logits, normalize_logits=True)
+    start, eos = enc["input_ids"].shape[1], policy.tokenizer.eos_token_id
+    ratios = []
+    for row in range(n):
+        new = out.sequences[row, start:].tolist()
+        length = new.index(eos) + 1 if eos in new else len(new)
+        lp = float(scores[row, :length].sum())
+        lp0 = _sequence_logprob(initial.model, out.sequences[row, :start + length], start)
+        ratios.append(lp - lp0)
+    assert metrics["kl_to_initial"]["mean"] == pytest.approx(sum(ratios) / n, abs=1e-4)

@@ -144,7 +144,7 @@ def test_rerunning_the_grid_redoes_nothing(grid, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished stage was redone")
 
-    for name in ("train_preference", "measure", "sample", "evaluate"):
+    for name in ("train_preference", "measure", "generate", "evaluate"):
         monkeypatch.setattr(pl, name, boom)
     state = RunDir(out).state_path.name  # every cell's record of its finished stages
     states = {p: p.read_text() for p in out.rglob(state)}

@@ -36,6 +36,17 @@ def test_chat_template_drives_format_and_trl_rows():
     assert not none.uses_chat_template and none.format("w1") == "w1\n"
 
 
+def test_conversations_train_with_every_turn_and_templated_prompts_are_not_templated_twice():
+    chat = Policy(model=None, tokenizer=tiny_hf.build_tokenizer(tiny_hf.CHAT_TEMPLATE))
+    turns = [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2"},
+             {"role": "user", "content": "w3"}]
+    row = to_trl_rows(chat, [{"prompt": "w3", "messages": turns, "chosen": "w4", "rejected": "w5"}])[0]
+    assert row["prompt"] == turns  # the earlier turns reach TRL, not only the last user turn
+    templated = chat.format("w1 w2")
+    row = to_trl_rows(chat, [{"prompt": templated, "chosen": "w4", "rejected": "w5"}])[0]
+    assert row == {"prompt": templated, "chosen": "w4", "rejected": "w5"}  # TRL must not wrap it again
+
+
 def test_load_policy_options(tmp_path, monkeypatch):
     import stagealign.policy as policy_mod
 

@@ -122,7 +122,7 @@ def pairrm_judge(pairrm_dir):
 def test_reward_model_batched_equals_unbatched(rm_dir):
     batched = RewardModelJudge(rm_dir, batch_size=3, device="cpu")
     single = RewardModelJudge(rm_dir, batch_size=1, device="cpu")
-    assert batched.use_chat_template and batched.tokenizer.pad_token == "</s>"
+    assert batched.use_chat_template
     s_b = batched.score(PROMPTS, ANSWERS)
     s_1 = single.score(PROMPTS, ANSWERS)
     one_by_one = np.array([single.score([p], [a])[0] for p, a in zip(PROMPTS, ANSWERS)])
@@ -134,6 +134,24 @@ def test_reward_model_batched_equals_unbatched(rm_dir):
     np.testing.assert_allclose(rev[::-1], s_b, atol=1e-5)
     p = batched.prob(PROMPTS, ANSWERS, ANSWERS[::-1])
     assert ((p >= 0) & (p <= 1)).all()
+
+
+def test_reward_model_without_a_pad_token_reads_the_score_at_the_final_eos(rm_dir):
+    # neither the tokenizer nor the config defines a pad token, and the template ends in EOS: the
+    # score is the model's at the last token (EOS), as when each row is scored alone, unpadded
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    plain = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()  # pad_token_id None: reads [-1]
+    assert plain.config.pad_token_id is None and AutoTokenizer.from_pretrained(rm_dir).pad_token is None
+    judge = RewardModelJudge(rm_dir, batch_size=4, device="cpu")
+    assert judge.encode(PROMPTS[0], ANSWERS[0])[-1] == judge.tokenizer.eos_token_id
+    with torch.inference_mode():
+        alone = [float(plain(input_ids=torch.tensor([judge.encode(p, a)])).logits[0, 0])
+                 for p, a in zip(PROMPTS, ANSWERS)]
+    lengths = {len(judge.encode(p, a)) for p, a in zip(PROMPTS, ANSWERS)}
+    assert len(lengths) > 2  # one padded batch of different lengths
+    np.testing.assert_allclose(judge.score(PROMPTS, ANSWERS), alone, atol=1e-5)
+    np.testing.assert_allclose([judge.score([p], [a])[0] for p, a in zip(PROMPTS, ANSWERS)], alone, atol=1e-5)
 
 
 def test_reward_model_uses_own_chat_template_or_plain_text(rm_dir, tmp_path):
@@ -171,7 +189,7 @@ def test_reward_model_bad_paths(tmp_path, rm_dir):
     with pytest.raises(ValueError, match="nope"):
         RewardModelJudge(missing, device="cpu")
     two = _save_reward_model(tmp_path / "two_labels", num_labels=2)
-    with pytest.raises(ValueError, match="num_labels"):
+    with pytest.raises(ValueError, match="num_labels=2: name the score"):
         RewardModelJudge(two, device="cpu")
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -340,9 +358,101 @@ def test_openai_judge_parsing_and_order_averaging(monkeypatch):
     ("A. It is more complete.", "A"), ("The better answer is B.", "B"),
     ("After comparing both, my final verdict: [[B]]", "B"), ("<think>A or B? hmm</think>B", "B"),
     ("A better answer would discuss both", None), ("I cannot decide", None), ("", None),
+    # reasoning models: the verdict is the final answer's, never one written while thinking
+    ("Answer A looks fuller. Final verdict: [[A]]. But it is wrong.\n</think>\n\nB", "B"),  # block opened by the prompt
+    ("<think>Answer A is better. Final verdict: [[A]]", None),  # thinking cut off by the token cap
+    ("<think>[[B]]</think>Hmm.<think>The better answer is B</think>\n**A**", "A"),
 ])
 def test_parse_verdict(text, verdict):
     assert parse_verdict(text) == verdict
+
+
+class _ReasoningEndpoint:
+    """A chat-completions server on 127.0.0.1 answering like a reasoning model: a decoy "[[A]]" in
+    its `reasoning_content` and inside <think>, the real verdict "[[B]]" after the thinking."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server hook
+                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                content = ("<think>Answer A is longer. Final verdict: [[A]]? No: A misreads the question."
+                           "</think>\n\nAnswer B is correct. Final verdict: [[B]]")
+                message = {"role": "assistant", "content": content, "reasoning_content": "The better answer is A. [[A]]"}
+                reply = json.dumps({"choices": [{"index": 0, "finish_reason": "stop", "message": message}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def test_openai_reasoning_model_over_http_omits_temperature_and_reads_the_final_verdict(monkeypatch, tmp_path):
+    # configured as a user would in YAML: judge.options.temperature / max_tokens null, OpenAI's cap
+    from stagealign.config import load_config
+    from stagealign.judges.registry import spec_from_config
+
+    for var in ("NO_PROXY", "no_proxy"):  # a proxy configured for the machine must not see loopback requests
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    server = _ReasoningEndpoint()
+    try:
+        cfg = load_config(None, [
+            f"policy.model={tmp_path / 'sft'}", f"data.pool={tmp_path / 'pool.jsonl'}", "judge.kind=openai",
+            "judge.path=o3-mini", f"judge.options.base_url={server.url}", "judge.options.api_key_env=null",
+            "judge.options.temperature=null", "judge.options.max_tokens=null",
+            "judge.options.max_completion_tokens=4096", "judge.options.both_orders=false"])
+        judge = build_judge(spec_from_config(cfg.judge))
+        np.testing.assert_allclose(judge.prob(["q", "r"], ["x", "y"], ["z", "w"]), [0.0, 0.0])  # B both times
+    finally:
+        server.close()
+    assert len(server.bodies) == 2
+    for body in server.bodies:
+        assert "temperature" not in body and "max_tokens" not in body
+        assert body["max_completion_tokens"] == 4096 and body["model"] == "o3-mini"
+    assert judge.stats() == {"requests": 2, "unparsed": 0, "truncated": 0}
+
+
+def test_openai_unparseable_replies_are_counted_and_logged_once(monkeypatch, caplog):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+    def cut_off(payload):  # a reasoning model stopped by the token cap mid-thought: its "[[B]]" is no verdict
+        assert payload["max_tokens"] == 16 and payload["temperature"] == 0.0  # the defaults are still sent
+        return {"choices": [{"finish_reason": "length", "message": {
+            "content": "<think>Comparing: B is better, so [[B]] and", "reasoning_content": None}}]}
+
+    judge = OpenAIJudge("m", transport=cut_off, max_workers=1)
+    with caplog.at_level("WARNING", logger="stagealign.judges.llm_api"):
+        np.testing.assert_allclose(judge.prob(["q", "q"], ["x", "y"], ["y", "x"]), [0.5, 0.5])
+    assert judge.stats() == {"requests": 4, "unparsed": 4, "truncated": 4}
+    warnings = [r.getMessage() for r in caplog.records if "no verdict" in r.getMessage()]
+    assert len(warnings) == 1 and "max_tokens" in warnings[0]
+    ok = OpenAIJudge("m", transport=lambda payload: _reply("B"), both_orders=False)
+    ok.prob(["q"], ["x"], ["y"])
+    assert ok.stats() == {"requests": 1, "unparsed": 0, "truncated": 0}
+    # what a run reports: the counts reach through the run's wrappers (the cache), and only for an endpoint
+    from stagealign.judges.base import CachedJudge
+    from stagealign.judges.llm_api import endpoint_stats
+
+    assert endpoint_stats(CachedJudge(judge)) == {"requests": 4, "unparsed": 4, "truncated": 4}
+    assert endpoint_stats(CachedJudge(CallableJudge(_length_scores))) is None
+    with pytest.raises(ValueError, match="max_completion_tokens"):
+        OpenAIJudge("m", transport=cut_off, max_completion_tokens=0)
 
 
 def test_openai_unparseable_logprobs_and_template(monkeypatch):

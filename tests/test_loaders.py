@@ -104,8 +104,16 @@ def test_binarized_conversational(tmp_path):
     assert pool.format == "binarized"
     assert pool.sets["abc"].candidates == ["Hello!", "Go away."]
     assert pool.sets["abc"].prompt == "Hi?"
-    assert pool.sets[prompt_id("Sum?")].candidates == ["2", "3"]
+    # the system prompt is kept: the prompt is the conversation, its text a readable rendering
+    system = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "Sum?"}]
+    sum_id = prompt_id("System: be nice\n\nUser: Sum?")
+    assert pool.sets[sum_id].candidates == ["2", "3"]
+    assert pool.sets[sum_id].prompt == "System: be nice\n\nUser: Sum?"
+    by_id = {p.id: p for p in pool.prompts}
+    assert by_id[sum_id].messages == tuple(system)
+    # a single user turn reads exactly like the same prompt as a string
     assert pool.sets[prompt_id("Why?")].candidates == ["Because.", "Dunno."]
+    assert by_id[prompt_id("Why?")].messages is None and by_id["abc"].messages is None
     assert pool.labels == {k: (0, 1) for k in pool.sets}
 
 
@@ -340,7 +348,8 @@ def test_row_problems_are_skipped_and_counted(tmp_path, caplog):
     "row, pattern",
     [
         ({"prompt": "", "responses": ["a", "b"]}, r"g\.jsonl:2: field 'prompt': empty prompt"),
-        ({"prompt": ["x"], "responses": ["a", "b"]}, r"g\.jsonl:2: field 'prompt': expected a string, got list"),
+        ({"prompt": ["x"], "responses": ["a", "b"]},
+         r"g\.jsonl:2: field 'prompt': expected a string or a conversation, got list"),
         ({"prompt": "q", "responses": ["a", ""]}, r"g\.jsonl:2: field 'responses\[1\]': empty answer"),
         ({"prompt": "q", "responses": ["a", None]}, r"g\.jsonl:2: field 'responses\[1\]': missing"),
         ({"prompt": "q", "responses": ["a", {"t": 1}]}, r"g\.jsonl:2: field 'responses\[1\]': expected a string, got dict"),

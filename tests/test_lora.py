@@ -97,3 +97,66 @@ def test_lora_config_maps_settings():
     assert lora_config(LoraSettings()).target_modules == "all-linear"
     with pytest.raises(ValueError, match="target_modules is empty"):
         lora_config(LoraSettings(target_modules=[]))
+
+
+def _lora_on(policy, delta: float):
+    """Wrap `policy.model` in a LoRA adapter on q_proj whose update is `delta` in every element."""
+    from peft import LoraConfig, get_peft_model
+
+    r = 4
+    policy.model = get_peft_model(policy.model, LoraConfig(r=r, lora_alpha=r, target_modules=["q_proj"],
+                                                           task_type="CAUSAL_LM"))
+    with torch.no_grad():  # scaling alpha / r = 1: B @ A = r * a * b in every element
+        for name, p in policy.model.named_parameters():
+            if "lora_A" in name:
+                p.fill_(1e-2)
+            elif "lora_B" in name:
+                p.fill_(delta / (r * 1e-2))
+    return policy
+
+
+def test_a_bf16_base_keeps_a_lora_update_below_bf16_resolution(start, tmp_path):
+    policy = load_policy(start, dtype="bfloat16")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    before = _state(policy.model)
+    base = before[name]
+    delta = 2e-6  # below half a bf16 unit of almost all these weights (init std 0.02)
+    assert ((base.float() + delta).to(torch.bfloat16) == base).float().mean() > 0.9  # a bf16 merge loses it
+    _lora_on(policy, delta)
+
+    out = tmp_path / "merged"
+    policy.save(out)
+    saved = load_policy(out, dtype="float32").model.state_dict()
+    torch.testing.assert_close(saved[name] - base.float(), torch.full_like(saved[name], delta), rtol=0, atol=1e-8)
+    assert all(torch.equal(saved[k], v.float()) for k, v in before.items() if k != name)  # the rest as it was
+
+
+def test_lora_under_deepspeed_zero3_is_refused_before_training(start, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import accelerate.state
+    from accelerate.utils import DistributedType
+
+    from stagealign import distributed
+
+    policy = load_policy(start)
+    before = _state(policy.model)
+    # what `accelerate launch --config_file deepspeed_zero3.yaml` exports for the trainer to read
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ValueError) as exc:
+        train_preference(policy, tiny_hf.pairs(16), TRAIN, seed=0, work_dir=tmp_path / "work", lora=LORA,
+                         where="iteration 1")
+    assert str(exc.value) == f"iteration 1: {distributed.LORA_ZERO3}"
+    assert not policy.has_adapter and not (tmp_path / "work").exists()
+    assert all(torch.equal(v, before[k]) for k, v in _state(policy.model).items())
+    distributed.refuse_lora_under_zero3(None)  # full fine-tuning under ZeRO-3 is fine
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    distributed.refuse_lora_under_zero3(LORA)  # ZeRO-2 leaves parameters whole
+    # once a trainer has made accelerate's state, the check reads that too
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setattr(accelerate.state, "is_initialized", lambda: True)
+    monkeypatch.setattr(accelerate.state, "AcceleratorState", lambda: SimpleNamespace(
+        distributed_type=DistributedType.DEEPSPEED, deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+    with pytest.raises(ValueError, match="policy.lora cannot be used with DeepSpeed ZeRO-3"):
+        distributed.refuse_lora_under_zero3(LORA)

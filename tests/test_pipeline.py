@@ -65,7 +65,7 @@ def test_rerun_redoes_nothing(auto_run, monkeypatch):
 
     monkeypatch.setattr(pl, "train_preference", boom)
     monkeypatch.setattr(pl, "measure", boom)
-    monkeypatch.setattr(pl, "sample", boom)
+    monkeypatch.setattr(pl, "generate", boom)
     assert Run(cfg).execute()["iterations"] == summary["iterations"]
 
 

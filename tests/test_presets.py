@@ -9,7 +9,8 @@ import pytest
 
 import tiny_hf
 from stagealign.config import ConfigError, load_config
-from stagealign.dryrun import validate
+from stagealign.dryrun import memory_plan, validate
+from stagealign.memory import GB
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "presets"
 EXPECTED = {
@@ -48,7 +49,10 @@ def test_every_preset_validates_offline(name):
     assert cfg.iterations == 2 and cfg.schedule.kind == "auto" and cfg.boundary.probe_prompts == 2000
     assert (cfg.data.pool, cfg.data.format) == ("openbmb/UltraFeedback", "ultrafeedback")
     assert (cfg.judge.kind, cfg.judge.path) == ("pairrm", "llm-blender/PairRM-hf")
-    assert cfg.training.beta == 0.1
+    assert cfg.training.beta == 0.1 and cfg.training.ipo_tau == 0.01
+    t = cfg.training  # the public recipes' values (cited in each file)
+    assert (t.lr_scheduler, t.warmup_ratio, t.gradient_checkpointing, t.max_length) == ("cosine", 0.1, True, 2048)
+    assert t.batch_size * t.gradient_accumulation_steps == 128
     if cfg.policy.lora is None:  # full fine-tuning: the paper's rate, float32 master weights
         assert cfg.training.learning_rate == 5e-7 and cfg.policy.dtype == "float32"
     else:
@@ -63,9 +67,33 @@ def test_every_preset_validates_offline(name):
     assert any(line.startswith("cost: whole run") for line in lines)
     assert not any("bfloat16" in line and line.startswith("warning") for line in lines)
 
+    plan = [line for line in lines if line.startswith("memory:")]
+    assert plan[0].startswith("memory: estimated peak GPU memory per device")
+    for stage in ("sampling", "boundary/judging", "training", "KL/eval"):
+        assert any(line.startswith(f"memory:   {stage} ~") for line in plan), stage
+    peak = max(stage.total for stage in memory_plan(cfg)) / GB
+    assert peak <= 80, f"{name}: estimated peak {peak:.0f} GB does not fit an 80 GB GPU"
+    assert not any(line.startswith("warning: memory:") for line in lines)
+
     on_cpu = validate(cfg, cuda=False)  # GPU-only settings are flagged, not refused
     if cfg.policy.dtype == "bfloat16":
         assert any(line.startswith("warning: policy.dtype=bfloat16 without a CUDA GPU") for line in on_cpu)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_comments_are_current(name):
+    text = (PRESETS / f"{name}.yaml").read_text()
+    assert "planned, not implemented" not in text  # accelerate launch with ZeRO-3 / FSDP ships
+    assert "install the extra first" not in text  # there is no wandb extra
+    assert "src/stagealign/configs/accelerate/" in text
+
+
+def test_a_preset_that_does_not_fit_the_gpu_is_flagged():
+    cfg = load_config(PRESETS / "llama3-8b-instruct-dpo.yaml",
+                      ["training.gradient_checkpointing=false", "training.batch_size=16",
+                       "training.gradient_accumulation_steps=8"])
+    lines = validate(cfg, cuda=False)
+    assert any(line.startswith("warning: memory: the training stage needs") and "80 GB" in line for line in lines)
 
 
 def _broken(tmp_path, old: str, new: str) -> Path:
@@ -115,7 +143,7 @@ def test_local_artifacts_are_checked(tmp_path):
     lines = validate(load_config(None, [*base, "schedule.kind=path", "schedule.path=off,on"]), cuda=False)
     text = "\n".join(lines)
     assert f"local model directory {model}" in text and "local generic pool" in text and "40 rows" in text
-    assert "about 32 training prompts" in text and "1 on-policy iteration(s)" in text
+    assert "about 16 training prompts" in text and "1 on-policy iteration(s)" in text
 
     with pytest.raises(ConfigError, match="looks like 'generic', but data.format='ultrafeedback'"):
         validate(load_config(None, [*base, "data.format=ultrafeedback"]))
@@ -146,5 +174,5 @@ def test_dry_run_flag_of_the_cli_validates_a_preset_without_training(tmp_path):
     r = cli("run", "configs/presets/phi2-dpo.yaml", f"run_dir={tmp_path / 'r'}", "--dry-run",
             cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 0, r.stderr
-    assert "config: valid" in r.stdout and "cost:" in r.stdout
+    assert "config: valid" in r.stdout and "cost:" in r.stdout and "memory:   training ~" in r.stdout
     assert not (tmp_path / "r").exists()

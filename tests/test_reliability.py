@@ -398,11 +398,13 @@ def _stage_files(run: Path, key: str) -> list[Path]:
 
 
 def _comparable(run: Path) -> dict:
-    """Every number and text a run produced, without wall-clock fields."""
+    """Every number and text a run produced, without wall-clock fields and the judge calls paid (a
+    resumed run pays for fewer: its judgments are kept on disk, `judges.store`)."""
     def strip(d):
         if isinstance(d, dict):
             return {k: strip(v) for k, v in d.items() if k not in ("_seconds", "seconds", "pairs_per_second",
-                                                                   "bs_seconds", "bs_cost_vs_epoch", "run_dir")
+                                                                   "bs_seconds", "bs_cost_vs_epoch", "run_dir",
+                                                                   "judge_calls")
                     and not k.startswith("train_") and not k.endswith("_per_second")}
         if isinstance(d, list):
             return [strip(v) for v in d]

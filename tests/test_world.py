@@ -119,3 +119,26 @@ def test_controlled_single_source_pool_trades_diversity_for_quality():
     assert {src for s in single_sets for src in s.sources} == {best.name}
     assert single["ngram_diversity"]["mean"] < multi["ngram_diversity"]["mean"]
     assert single["quality_mean"]["mean"] > multi["quality_mean"]["mean"]
+
+
+def test_default_world_is_unchanged_by_the_coverage_knob():
+    """Pinned from the world before the coverage knob existed (issue 15): the fingerprint keys the
+    SFT cache, and the default world's vocabulary, prompts, writers' output and rewards are the
+    data every recorded result was made on."""
+    import hashlib
+    import json
+
+    assert WorldConfig().fingerprint() == "68e5af4782d02e25"
+    c = WorldConfig(scale="small")
+    assert c.fingerprint() == "8ea60a7f7078ae11"
+    w = World(c)
+    assert len(w.vocab) == 77 and hashlib.sha256(" ".join(w.vocab).encode()).hexdigest()[:16] == "909a4932b7f935bf"
+    prompts = json.dumps({s: w.prompts(s) for s in ("train", "probe", "eval")})
+    assert hashlib.sha256(prompts.encode()).hexdigest()[:16] == "c05a1bbf516e7bbb"
+    ps = w.prompts("train")[:20]
+    rng = np.random.default_rng(0)
+    writes = [w.write(wr, ps, 2, rng) for wr in list(c.pool) + [p.corpus for p in c.policies.values()]]
+    assert hashlib.sha256(json.dumps(writes).encode()).hexdigest()[:16] == "73cd2d83a2794344"
+    answers = ["w1 w2 w3 w4 w5 w6", "w7 w7 w8 <unk>", "k0_0 w3", "", "t1 m2 w9 w9 w9"]
+    assert [w.reward(ps[0], a) for a in answers] == [0.20703050347945862, -2.0136404699390926, -1.9936023395101674,
+                                                     -1.5, -3.4616612098467607]  # exact, not approx

@@ -103,3 +103,14 @@ def score(prompts: list[str], answers: list[str]) -> list[float]:
         words = a.split()
         out.append(sum(w in GOOD for w in words) / max(len(words), 1) - 0.05 * abs(len(words) - 3))
     return out
+
+
+def quick_run(tmp_path: Path, *extra: str, prompts: int = 48) -> list[str]:
+    """Overrides of a tiny real-model run: a saved tiny policy, a generic pool of `prompts` prompts,
+    the `score` callable judge, no boundary probe and no KL (the tests that use it look elsewhere);
+    `extra` overrides come last and win."""
+    model = save_policy_dir(tmp_path / "sft")
+    pool = write_generic_pool(tmp_path / "pool.jsonl", prompts=prompts)
+    return [f"policy.model={model}", f"data.pool={pool}", "data.format=generic", "judge.kind=callable",
+            "judge.path=tiny_hf:score", "data.eval_prompts=4", "generation.n=2", "generation.max_new_tokens=4",
+            "boundary.enabled=false", "eval.kl=false", "training.batch_size=8", *extra]

@@ -8,19 +8,29 @@ re-implement that GLM: `annotations` writes the evaluation as AlpacaEval annotat
 ``generator_1/2``, ``annotator``, ``preference`` in [1, 2] where 2 means the policy won, soft when
 the judge gives probabilities), and `length_controlled` hands them to
 ``alpaca_eval.metrics.get_length_controlled_winrate`` (optional extra ``stagealign[alpaca-eval]``).
-Its GLM is fitted with AlpacaEval's own instruction-difficulty table (downloaded from the hub on
-first use), so the length-controlled figure is meaningful on AlpacaEval's instructions; the
-annotation rows and the raw win rate are meaningful for any prompts.
+Its GLM looks up each row's instruction difficulty by the row's ``index``: the instruction's
+position in AlpacaEval's evaluation set. So the rows are matched to AlpacaEval's instructions by
+text (`alpaca_eval_positions`; the set is AlpacaEval's hub file, downloaded once) and any
+other instruction is refused: the length-controlled figure exists only for AlpacaEval's
+instructions (``data.eval_pool`` evaluates on them), while the annotation rows and the raw win
+rate are meaningful for any prompts.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from stagealign.config import load_config
 from stagealign.rundir import RunDir
+
+
+#: where AlpacaEval 2's evaluation set lives (its instructions, in the order its GLM's tables use)
+ALPACA_EVAL_REPO = "tatsu-lab/alpaca_eval"
+ALPACA_EVAL_SET = "alpaca_eval_gpt4_baseline.json"
 
 
 class AnnotationError(ValueError):
@@ -45,7 +55,8 @@ def annotations(run_dir: str | Path, iteration: int, against: str = "auto") -> l
     if against not in ("auto", "given", "initial"):
         raise AnnotationError(f"against must be auto, given or initial; got {against!r}")
     if against == "given" and not given:
-        raise AnnotationError(f"{d.root}: the eval prompts carry no reference answers (a `reference` column in the pool)")
+        raise AnnotationError(f"{d.root}: the eval prompts carry no reference answers (a `reference` column in the "
+                              "pool, or the answers of data.eval_pool's rows)")
     if against == "initial" or (against == "auto" and not given):
         initial = {r["prompt_id"]: r["answers"] for r in d.read_rows(0, "eval_answers.jsonl")}
         refs, ref_name = {pid: a[0] for pid, a in initial.items() if a}, "policy@0"
@@ -86,14 +97,45 @@ def raw_win_rate(rows: list[dict]) -> float:
     return 100.0 * float(np.mean([r["preference"] - 1.0 for r in rows]))
 
 
+def alpaca_eval_positions(instructions: Sequence[str], alpaca_eval_instructions: Sequence[str]) -> list[int]:
+    """Each instruction's position in AlpacaEval's evaluation set (`alpaca_eval_instructions`, in
+    its order), matched by text: what the GLM's ``index`` means. Any instruction that is not
+    AlpacaEval's is refused in one line, since its difficulty would be another instruction's."""
+    where = {text.strip(): i for i, text in enumerate(alpaca_eval_instructions)}
+    positions = [where.get(text.strip()) for text in instructions]
+    unknown = sorted({text for text, i in zip(instructions, positions) if i is None})
+    if unknown:
+        raise AnnotationError(
+            f"{len(unknown)} of {len(set(instructions))} instructions are not AlpacaEval's (e.g. {unknown[0][:60]!r}); "
+            "the length-controlled win rate needs AlpacaEval's instructions: evaluate on them with "
+            "data.eval_pool (tatsu-lab/alpaca_eval), or leave out --lc")
+    return [int(i) for i in positions]
+
+
 def length_controlled(rows: list[dict]) -> dict:
-    """AlpacaEval's metrics for the rows: win_rate, standard_error, length_controlled_winrate, ..."""
+    """AlpacaEval's metrics for the rows: win_rate, standard_error, length_controlled_winrate, ...
+    Each row is indexed by its instruction's position in AlpacaEval's set (`alpaca_eval_positions`)."""
     try:
         import pandas as pd
         from alpaca_eval.metrics import get_length_controlled_winrate
     except ImportError as exc:
         raise AnnotationError("the length-controlled win rate needs the optional extra: "
                               "pip install 'stagealign[alpaca-eval]'") from exc
-    df = pd.DataFrame(rows)
+    positions = alpaca_eval_positions([r["instruction"] for r in rows], alpaca_eval_instructions())
+    df = pd.DataFrame(rows, index=positions)  # the GLM reads the index as the instruction's position
     return {k: float(v) for k, v in get_length_controlled_winrate(df, save_weights_dir=None).items()
             if isinstance(v, (int, float, np.floating))}
+
+
+def alpaca_eval_instructions() -> list[str]:
+    """AlpacaEval 2's instructions in its own order: the file its evaluation set is read from, fetched
+    from the hub once like the GLM's own tables (not through alpaca_eval's dataset script, which
+    recent `datasets` releases no longer run)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(ALPACA_EVAL_REPO, ALPACA_EVAL_SET, repo_type="dataset")
+        return [row["instruction"] for row in json.loads(Path(path).read_text(encoding="utf-8"))]
+    except Exception as exc:  # noqa: BLE001 - offline, no access, a changed file: one line either way
+        raise AnnotationError(f"cannot read AlpacaEval's instructions ({ALPACA_EVAL_REPO}/{ALPACA_EVAL_SET}) for "
+                              f"the length-controlled win rate: {type(exc).__name__}: {exc}".splitlines()[0]) from exc

@@ -259,6 +259,38 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
         yield row
 
 
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows to a log that a killed process can leave torn only at its last line.
+
+    For work done in chunks inside one stage (sampling batches): each call's lines are written,
+    flushed and fsynced before the call returns, so a resumed stage finds every finished chunk;
+    the line being written when the process died is dropped by `read_log`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(finite(r), default=_jsonable, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of an `append_jsonl` log (none if it does not exist), without a torn last line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]  # a kill mid-append leaves a last line without its newline
+    out = []
+    for lineno, line in enumerate(complete.splitlines(), start=1):
+        try:
+            out.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ArtifactError(f"{path}:{lineno}: not valid JSON (a chunk log is only ever appended to)") from None
+    return out
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return list(iter_jsonl(path))
 

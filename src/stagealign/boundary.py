@@ -84,7 +84,7 @@ def fit_context(policy: Policy, prompts: list[Prompt], max_new_tokens: int
     if n is None or not prompts:
         return list(prompts), [], None if n is None else n - max_new_tokens
     limit = n - max_new_tokens
-    enc = policy.tokenizer([policy.format(p.text) for p in prompts],
+    enc = policy.tokenizer([policy.format(p) for p in prompts],
                            add_special_tokens=not policy.uses_chat_template)["input_ids"]
     kept, long = [], []
     for p, ids in zip(prompts, enc):
@@ -139,11 +139,11 @@ def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], 
     calls_before = getattr(judge, "calls", 0)
     for look, start in enumerate(range(0, len(probe), batch)):
         chunk = probe[start:start + batch]
-        answers = sample(policy, [p.text for p in chunk], n=cfg.samples, temperature=gen.temperature,
+        answers = sample(policy, chunk, n=cfg.samples, temperature=gen.temperature,
                          top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
                          seed=look_seed(seed, look), backend=gen.backend)
         generations += sum(len(a) for a in answers)
-        prompt_tokens += sum(len(policy.tokenizer(policy.format(p.text))["input_ids"]) * len(a)
+        prompt_tokens += sum(len(policy.tokenizer(policy.format(p))["input_ids"]) * len(a)
                              for p, a in zip(chunk, answers))
         tokens += sum(len(policy.tokenizer(x, add_special_tokens=False)["input_ids"]) + 1 for a in answers for x in a)
         votes = votes_for_many(judge, [p.text for p in chunk], answers, [pool[p.id].candidates for p in chunk],

@@ -1,4 +1,4 @@
-"""Command line: `stagealign run | demo | grid | report | measure | annotate | world show`.
+"""Command line: `stagealign run | demo | grid | report | measure | annotate | sft | world show`.
 
 Errors a user can fix (config typos, bad data rows, missing models) print one line and exit
 with code 2; `--debug` shows the traceback instead.
@@ -128,6 +128,11 @@ _HELP_GRID = _para("""Run (or resume) a path grid: initial policies x methods x 
     shared prefixes (off->off and off->on share iteration 1) are trained once. Re-running the
     command continues where it stopped. Writes OUT/grid.json (metrics with 95% CIs over seeds)
     and, unless --no-report, OUT/report.md with its PNG plots.
+
+    --executor ray runs every cell as a Ray task (grid.resources: {num_cpus: 1, num_gpus: 0} per
+    cell) on the cluster at --address, or on a local Ray instance for this machine; a cell waits
+    for the cells whose prefix it adopts, failed cells are retried, and OUT must be on storage
+    every node sees. Exits with status 2, naming each failed cell and why, when any cell failed.
     """)
 
 
@@ -137,19 +142,31 @@ def grid(config: Annotated[Path, typer.Argument(help="YAML config: a run config 
          out: Annotated[Optional[Path], typer.Option(help="grid directory (default: the config's run_dir)")] = None,
          report: Annotated[bool, typer.Option("--report/--no-report", help="write OUT/report.md and plots "
                                               "at the end")] = True,
+         executor: Annotated[str, typer.Option(help="local (one cell after the other, here) or ray (cells "
+                                               "as Ray tasks)")] = "local",
+         address: Annotated[Optional[str], typer.Option(help="Ray cluster to use with --executor ray (e.g. "
+                                                        "auto or HOST:6379); default: a local Ray instance")] = None,
          ) -> None:
     def go():
         from stagealign.grid import load_grid_config, run_grid
+        from stagealign.grid.execute import GridCellsFailed
         from stagealign.report import report_tables, write_grid_report
         from stagealign.ui import RichUI
 
         base, spec = load_grid_config(config, overrides or [])
         target = out if out is not None else Path(base.run_dir)
-        metrics = run_grid(base, spec, target, ui=RichUI())
-        typer.echo(report_tables(metrics))
-        typer.echo(f"\nmetrics: {target / 'grid.json'}")
-        if report:
-            typer.echo(f"report:  {write_grid_report(target, metrics)}")
+        failed = None
+        try:
+            metrics = run_grid(base, spec, target, ui=RichUI(), executor=executor, address=address)
+        except GridCellsFailed as exc:  # the other cells finished: show their numbers, then the failures
+            failed, metrics = exc, exc.metrics
+        if metrics is not None:
+            typer.echo(report_tables(metrics))
+            typer.echo(f"\nmetrics: {target / 'grid.json'}")
+            if report:
+                typer.echo(f"report:  {write_grid_report(target, metrics)}")
+        if failed is not None:
+            raise failed
     _guard(go)
 
 
@@ -202,12 +219,14 @@ def demo(out: Annotated[Path, typer.Option(help="directory for the demo grid")] 
 _HELP_ANNOTATE = _para("""Pairwise annotations of a finished run's evaluation, in AlpacaEval's format.
 
     Judges ITERATION's evaluation answers again, with the run's judge, against the references given
-    with the prompts (a `reference` column in the pool) or, without them, the initial policy's
+    with the prompts (a `reference` column in the pool, or the answers of data.eval_pool's rows)
+    or, without them, the initial policy's
     answers; writes annotations.json beside the iteration's evaluation (instruction, output_1 = reference, output_2 =
     policy, preference in [1, 2]) and prints the raw win rate. --lc adds AlpacaEval's
-    length-controlled win rate (optional extra: pip install 'stagealign[alpaca-eval]'; its GLM uses
-    AlpacaEval's instruction table, fetched from the hub once, so that figure is meant for
-    AlpacaEval's instructions).
+    length-controlled win rate (optional extra: pip install 'stagealign[alpaca-eval]'): its GLM
+    knows each AlpacaEval instruction's difficulty, so the evaluation prompts are matched to
+    AlpacaEval's instructions by text (fetched from the hub once) and any other prompt is refused;
+    evaluate on AlpacaEval's prompts with data.eval_pool to get it.
     """)
 
 
@@ -215,7 +234,8 @@ _HELP_ANNOTATE = _para("""Pairwise annotations of a finished run's evaluation, i
 def annotate_cmd(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
                  iteration: Annotated[int, typer.Option(help="which iteration's evaluation")] = 1,
                  against: Annotated[str, typer.Option(help="auto | given | initial")] = "auto",
-                 lc: Annotated[bool, typer.Option("--lc", help="length-controlled win rate through alpaca_eval")] = False,
+                 lc: Annotated[bool, typer.Option("--lc", help="length-controlled win rate through alpaca_eval "
+                                                  "(AlpacaEval's instructions only)")] = False,
                  ) -> None:
     def go():
         from stagealign.annotations import annotate
@@ -246,6 +266,35 @@ def measure_cmd(config: Annotated[Path, typer.Argument(help="YAML run config (po
             typer.echo(f"decision        {res.decision} (threshold {res.threshold})")
             typer.echo(f"cost            {res.generations} generations, {res.judge_calls} judge calls, "
                        f"{res.seconds:.1f}s, {res.cost_vs_epoch:.2%} of one training epoch's policy compute")
+    _guard(go)
+
+
+_HELP_SFT = _para("""Supervised fine-tuning: turn policy.model into the initial policy of a run.
+
+    CONFIG is YAML with policy: (model, tokenizer, prompt_template, dtype, trust_remote_code, lora),
+    data: (path: a .jsonl / .json / .parquet file, a folder, a save_to_disk folder or a hub name;
+    split, max_rows, and the column names) and training: (learning_rate, epochs, batch_size,
+    max_length, ...), plus output_dir, seed, report_to and chat_template. Rows hold a `messages`
+    column (chat turns, rendered with the model's chat template) or `prompt` and `completion`
+    columns. Trains with TRL's SFTTrainer and saves a safetensors policy directory (written
+    atomically) with its prompt format; then start a run from it with policy.model: OUTPUT_DIR.
+    """)
+
+
+@app.command("sft", help=_HELP_SFT)
+def sft_cmd(config: Annotated[Path, typer.Argument(help="YAML SFT config")],
+            overrides: Annotated[Optional[list[str]], typer.Argument(help="overrides such as training.epochs=2",
+                                                                     show_default=False)] = None) -> None:
+    def go():
+        from stagealign import distributed
+        from stagealign.sft import load_sft_config, run_sft
+
+        summary = run_sft(load_sft_config(config, overrides or []), log=lambda m: typer.echo(m, err=True))
+        if distributed.is_main():
+            typer.echo(f"saved {summary['output_dir']} ({summary['rows']} {summary['format']} rows, "
+                       f"{summary['steps']} steps, final loss {summary['final_loss']:.4f})")
+            typer.echo(f"next: put this in your run config (or pass it as an override to stagealign run):\n"
+                       f"  {summary['next_step']}")
     _guard(go)
 
 

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 
 from stagealign import plugins
+from stagealign.data.formats import Format, field_map
+from stagealign.exports import EvalFormat
 
 
 class ConfigError(ValueError):
@@ -53,15 +55,72 @@ class PolicyConfig(_Section):
         return self
 
 
+class OnPolicyFile(_Section):
+    """A file of on-policy candidates for one iteration, in any pool format (README: Pool formats)."""
+
+    path: str
+    format: Format = "auto"
+    fields: dict[str, str] | None = None
+    split: str = "train"
+    scores: Literal["keep", "judge"] = Field("keep", description="keep: the file's scores are the judge's; "
+                                                                 "judge: the run's judge scores the candidates")
+
+
 class DataConfig(_Section):
     """Prompts and the static pool. With a testbed policy both come from the world."""
 
     pool: str | None = Field(None, description="static pool file / directory / hub dataset name")
-    format: Literal["auto", "ultrafeedback", "binarized", "generic"] = "auto"
+    format: Format = Field("auto", description="the pool's row format (README: Pool formats); auto: detected "
+                                               "from the first row, or mapped when data.fields is set")
+    fields: dict[str, str] | None = Field(
+        None, description="read any rows through a field mapping {target: field}; targets: prompt, answers (a "
+                          "list per row) or answer (one per row), scores, models, id, reference")
     split: str = "train"
     keep_labels: bool = Field(False, description="keep the dataset's own ranking instead of re-ranking with the judge")
     train_prompts: int | None = Field(None, ge=1, description="cap on training prompts (default: all)")
-    eval_prompts: int = Field(256, ge=1)
+    eval_prompts: int = Field(256, ge=1, description="evaluation prompts: held out from the pool, or drawn from "
+                                                     "data.eval_pool when it has more")
+    eval_pool: str | None = Field(
+        None, description="a separate evaluation set (file / directory / hub name): AlpacaEval's or Arena-Hard's "
+                          "prompts, or any `prompt` rows; its answer, if any, is the reference. The pool's prompts "
+                          "are then only train + probe")
+    eval_format: EvalFormat = Field("auto", description="data.eval_pool's rows: alpaca_eval, arena_hard, prompts; "
+                                                        "auto: detected from the first row")
+    eval_split: str = Field("train", description="data.eval_pool's split on the hub (tatsu-lab/alpaca_eval: eval)")
+    iteration_prompts: Literal["disjoint", "same"] | None = Field(
+        None, description="disjoint: each iteration trains on its own chunk of the training prompts (iterative "
+                          "DPO pipelines do); same: every iteration on all of them. Default: the provider's "
+                          "(disjoint for real pools, same for the synthetic world)")
+    seed: int = Field(0, ge=0, description="draws the train / probe / eval split of a real pool, apart from the "
+                                           "run seed, so a grid over run seeds evaluates on the same prompts")
+    onpolicy_candidates: dict[int, str | OnPolicyFile] = Field(
+        default_factory=dict, description="iteration -> on-policy candidates generated elsewhere (e.g. on your own "
+                                          "vLLM cluster), used instead of sampling them for the prompts they cover")
+
+    @field_validator("fields")
+    @classmethod
+    def _mapping(cls, fields: dict[str, str] | None) -> dict[str, str] | None:
+        """The mapping's rules live with the formats (`formats.field_map`), not in a copy here."""
+        if fields is not None:
+            try:
+                field_map(fields)
+            except ValueError as exc:
+                raise PydanticCustomError("data_fields", "{msg}",
+                                          {"msg": str(exc).removeprefix("data.fields: ")}) from None
+        return fields
+
+    @model_validator(mode="after")
+    def _mapped_format(self) -> "DataConfig":
+        if self.fields is not None and self.format not in ("auto", "mapped"):
+            raise PydanticCustomError("data_fields", "data.fields reads rows as format 'mapped'; drop "
+                                      "data.format='{format}' or set it to mapped", {"format": self.format})
+        if self.fields is None and self.format == "mapped":
+            raise PydanticCustomError("data_fields", "data.format=mapped needs data.fields (which field "
+                                      "holds the prompt, the answers, ...)", {})
+        if self.eval_pool is None and self.eval_format != "auto":
+            raise PydanticCustomError("data_eval", "data.eval_format='{format}' without data.eval_pool; name the "
+                                      "evaluation set in data.eval_pool", {"format": self.eval_format})
+        return self
 
 
 class JudgeConfig(_Section):
@@ -100,17 +159,35 @@ class PairingConfig(_Section):
 
 class TrainingConfig(_Section):
     method: Literal["dpo", "slic-hf", "ipo"] = "dpo"
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(0.1, gt=0, description="DPO's beta; SLiC-HF's hinge: 1 / margin (TRL's loss_type hinge)")
+    ipo_tau: float | None = Field(
+        None, gt=0, description="IPO's tau (TRL reads it as beta under loss_type ipo), used when method=ipo; "
+                                "default: beta. Separate because IPO's good values are ~10x smaller than DPO's beta")
     learning_rate: float = Field(2e-4, gt=0)
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the optimizer steps the learning rate warms up")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="learning-rate schedule after warmup (transformers' lr_scheduler_type)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: ~1/L of the activation memory for ~30% "
+                           "more time; on for multi-billion-parameter models, off for the tiny testbed")
     weight_decay: float = Field(0.0, ge=0)
-    max_length: int | None = Field(None, ge=8, description="truncate prompt+answer tokens (default: the policy's context length)")
+    max_length: int | None = Field(
+        None, ge=8, description="truncate prompt+answer tokens (default: the policy's context length); TRL drops a "
+                                "pair whose prompt alone fills it (counted in the train stage's metrics)")
     reference: Literal["previous", "initial"] = "previous"
     precompute_ref_log_probs: bool = True
+    save_steps: int | None = Field(None, ge=1, description="write a training checkpoint every N optimizer steps, so "
+                                   "a run killed while training resumes from the last one (default: none)")
+
+    @property
+    def precompute_batch_size(self) -> int:
+        """Pairs per forward pass of TRL's reference precompute: no gradients there, so at least 64
+        (fewer passes), the training batch when larger. The memory plan sizes that pass with it."""
+        return max(self.batch_size, 64)
 
 
 class BoundaryConfig(_Section):
@@ -353,3 +430,58 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------- sft
+class SFTDataConfig(_Section):
+    """The SFT dataset: chat rows (a `messages` column) or prompt-completion rows."""
+
+    path: str = Field(..., description="local .jsonl / .json / .parquet file, a folder of them, a save_to_disk "
+                                       "folder, or a hub dataset name org/name")
+    split: str = "train"
+    messages_column: str = Field("messages", description="column of chat turns [{role, content}, ...]")
+    prompt_column: str = Field("prompt", description="prompt column, used when there is no messages column")
+    completion_column: str = Field("completion", description="completion column, with prompt_column")
+    max_rows: int | None = Field(None, ge=1, description="use only the first N rows")
+
+
+class SFTTrainingConfig(_Section):
+    """TRL `SFTTrainer` settings (full fine-tuning, or LoRA with `policy.lora`)."""
+
+    learning_rate: float = Field(2e-5, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1, description="per device")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int | None = Field(1024, ge=8, description="truncate each row to this many tokens, at most the "
+                                                          "policy's context length (null: that length)")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    assistant_only_loss: bool = Field(False, description="messages rows: loss on the assistant turns only (TRL's "
+                                                         "assistant_only_loss); prompt-completion rows always train "
+                                                         "on the completion only")
+
+
+class SFTRunConfig(_Section):
+    """`stagealign sft`: fine-tune a causal LM into the initial policy of a run (kept apart from
+    `RunConfig`: an SFT job has no pool, judge or schedule)."""
+
+    output_dir: str = Field("runs/sft", description="where the policy is saved (safetensors + tokenizer + format)")
+    seed: int = Field(0, ge=0)
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    policy: PolicyConfig = Field(..., description="the model to fine-tune: policy.model (+ tokenizer, prompt_template, "
+                                                  "dtype, trust_remote_code, lora), as in a run config")
+    chat_template: str | None = Field(None, description="a Jinja chat template (or a file holding one) for a "
+                                                        "tokenizer without one; saved with the policy")
+    data: SFTDataConfig
+    training: SFTTrainingConfig = Field(default_factory=SFTTrainingConfig)
+
+    @model_validator(mode="after")
+    def _a_model(self) -> "SFTRunConfig":
+        if self.policy.model is None:
+            raise ValueError("stagealign sft fine-tunes policy.model (a path or hub name); the synthetic world "
+                             "trains its own policies")
+        return self
+

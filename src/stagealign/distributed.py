@@ -172,6 +172,51 @@ def single_process_env() -> dict[str, str]:
             if k not in drop and not k.startswith(("TORCHELASTIC_", "ACCELERATE_", "FSDP_"))}
 
 
+#: the one line a LoRA run under DeepSpeed ZeRO-3 stops with, before anything is trained
+LORA_ZERO3 = ("policy.lora cannot be used with DeepSpeed ZeRO-3: the adapter would be merged into "
+              "partitioned weights; launch LoRA runs with ddp.yaml (LoRA needs no partitioning) or set "
+              "policy.lora: null to train fully under ZeRO-3")
+
+
+def _zero3_state() -> bool:
+    """accelerate's state, once a trainer has built one in this process, partitions with ZeRO-3."""
+    from accelerate.state import AcceleratorState, is_initialized
+    from accelerate.utils import DistributedType
+
+    if not is_initialized():
+        return False
+    st = AcceleratorState()
+    return st.distributed_type == DistributedType.DEEPSPEED and st.deepspeed_plugin.zero_stage == 3
+
+
+def zero3() -> bool:
+    """True when DeepSpeed ZeRO-3 partitions the parameters trained in this process.
+
+    Known before any trainer exists from what `accelerate launch` exported for the trainer to
+    read: `ACCELERATE_USE_DEEPSPEED` and the stage, which accelerate's own `DeepSpeedPlugin`
+    resolves (from `ACCELERATE_DEEPSPEED_ZERO_STAGE` or the DeepSpeed config file; no DeepSpeed
+    import); afterwards also from accelerate's state.
+    """
+    from accelerate.utils import DeepSpeedPlugin, parse_flag_from_env
+
+    if _zero3_state():
+        return True
+    return parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and DeepSpeedPlugin().zero_stage == 3
+
+
+def refuse_lora_under_zero3(lora) -> None:
+    """ValueError (`LORA_ZERO3`) when `lora` (the run's `policy.lora`) is set and ZeRO-3 is on.
+
+    Why refuse rather than merge after gathering: the merge (`policy.merge_adapter`) runs on the
+    trained model, whose ZeRO-3 parameters are empty placeholders outside a gathering context,
+    and `full_state_dict` gathers a plain model's weights, not a PEFT model's (whose keys and
+    adapter it would have to merge by hand). LoRA keeps a whole copy of the policy per GPU anyway,
+    so DDP serves it. Call before training starts (`train_preference` does; a run can at start).
+    """
+    if lora is not None and zero3():
+        raise ValueError(LORA_ZERO3)
+
+
 def full_state_dict(model) -> dict[str, Any] | None:
     """Whole weights of a model trained in this launch, on the main process; None when they are
     whole on every rank already (one process, DDP). Collective: call on every rank.
@@ -179,7 +224,8 @@ def full_state_dict(model) -> dict[str, Any] | None:
     DeepSpeed ZeRO-3 partitions each parameter (gathered with `GatheredParameters`); FSDP2
     (`fsdp_version: 2`) turns parameters into DTensors (gathered with torch's
     `get_model_state_dict(full_state_dict=True)`). FSDP1 wraps the model in another module, so
-    the policy object here would not see the shards: it is refused with a one-line error.
+    the policy object here would not see the shards: it is refused with a one-line error. A LoRA
+    model never gets here under ZeRO-3: `refuse_lora_under_zero3` stops it before training.
     """
     if not launched():
         return None
@@ -189,7 +235,7 @@ def full_state_dict(model) -> dict[str, Any] | None:
     if not is_initialized():  # no Trainer ran in this process: nothing is sharded
         return None
     st = AcceleratorState()
-    if st.distributed_type == DistributedType.DEEPSPEED and st.deepspeed_plugin.zero_stage == 3:
+    if _zero3_state():
         import deepspeed
 
         from transformers.integrations import unset_hf_deepspeed_config

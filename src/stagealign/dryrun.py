@@ -10,7 +10,6 @@ first row only; judge options are checked against the judge class's signature, n
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -48,8 +47,10 @@ def validate(cfg: RunConfig, *, cuda: bool | None = None) -> list[str]:
     plan = _plan(cfg)
     _policy(cfg, c, cuda, plan)
     pool_rows, answers = _pool(cfg, c, plan)
+    _eval_pool(cfg, c, plan)
     _judge(cfg, c)
     _generation(cfg, c, cuda)
+    _memory(cfg, c, cuda)
     _cost(cfg, c, pool_rows, answers, plan)
     if c.errors:
         n = len(c.errors)
@@ -161,17 +162,15 @@ def _pool(cfg: RunConfig, c: _Checks, plan: plugins.DryRunPlan | None) -> tuple[
     if plan is not None:  # the plugin described its data with its other lines
         return None, plan.answers_per_prompt
     assert d.pool is not None
-    from stagealign.data.formats import FORMATS, detect_format
-    from stagealign.data.sources import LoaderError, iter_sources
+    from stagealign.data.formats import RowReader, detect_format, field_map
+    from stagealign.data.sources import LoaderError, count_rows, iter_sources
 
-    if d.format != "auto" and d.format not in FORMATS:
-        c.error(f"data.format: unknown format {d.format!r} (known: auto, {', '.join(FORMATS)})")
     answers = 4 if d.format == "ultrafeedback" else None
     kind, local = _source("data.pool", d.pool, c)
     if kind == "hub":
         c.line(f"data.pool: hub dataset {d.pool} [split {d.split}], format {d.format} "
                "(not downloaded now; resolved at run time)")
-        if d.format == "auto":
+        if d.format == "auto" and d.fields is None:
             c.warn("data.format=auto on a hub dataset: the format is detected from its first row at run time")
     if local is None:
         return None, answers
@@ -184,38 +183,59 @@ def _pool(cfg: RunConfig, c: _Checks, plan: plugins.DryRunPlan | None) -> tuple[
     except (LoaderError, OSError, ValueError) as exc:
         c.error(f"data.pool: {exc}")
         return None, answers
-    found = detect_format(first)
-    if found is None:
-        c.error(f"data.pool: {loc}: the first row (fields {sorted(first)}) matches no pool format "
-                f"(ultrafeedback, binarized, generic)")
-    elif d.format != "auto" and found != d.format:
-        c.error(f"data.pool: {loc}: the first row looks like {found!r}, but data.format={d.format!r}")
-    fmt = found or d.format
-    if fmt == "ultrafeedback" and isinstance(first.get("completions"), list):
+    try:  # the loader's own first-row check: the same rules and the same one-line message
+        reader = RowReader.for_first_row(first, loc, d.format, prompt_field=None, id_field=None, score_field=None,
+                                         fields=field_map(d.fields) if d.fields is not None else None)
+    except LoaderError as exc:
+        found = detect_format(first)
+        if d.format not in ("auto", "mapped") and found is not None:
+            c.error(f"data.pool: {loc}: the first row looks like {found!r}, but data.format={d.format!r}")
+        else:
+            c.error(f"data.pool: {exc}")
+        return None, answers
+    fm = reader.fields
+    if reader.format == "ultrafeedback" and isinstance(first.get("completions"), list):
         answers = len(first["completions"])
-    elif fmt == "generic" and isinstance(first.get("responses"), list):
-        answers = len(first["responses"])
-    count = _count_rows(local)
-    c.line(f"data.pool: local {fmt} pool {local}" + (f", {count} rows" if count is not None else ""))
+    elif fm is not None and fm.answers is not None and isinstance(first.get(fm.answers), list):
+        answers = len(first[fm.answers])
+    count = count_rows(local)
+    c.line(f"data.pool: local {reader.format} pool {local}" + (f", {count} rows" if count is not None else ""))
     return count, answers
 
 
-def _count_rows(path: Path) -> int | None:
-    try:
-        if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
-            with open(path, "rb") as fh:
-                head = fh.read(1).lstrip()
-            if path.suffix.lower() == ".json" and head == b"[":
-                return len(json.loads(path.read_text(encoding="utf-8")))
-            with open(path, "rb") as fh:
-                return sum(1 for line in fh if line.strip())
-        if path.is_file() and path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
+def _eval_pool(cfg: RunConfig, c: _Checks, plan: plugins.DryRunPlan | None) -> None:
+    """`data.eval_pool` as `_pool` checks `data.pool`: a local set's first row must be one of the
+    evaluation formats (`exports.eval_format_of`, the loader's own check and message)."""
+    d = cfg.data
+    if d.eval_pool is None:
+        return
+    if plan is not None:
+        c.warn("data.eval_pool is not read for a synthetic-world policy: the world evaluates on its own prompts")
+        return
+    from stagealign.data.sources import LoaderError, count_rows, iter_sources
+    from stagealign.exports import eval_format_of
 
-            return int(pq.ParquetFile(path).metadata.num_rows)
-    except (OSError, ValueError):
-        return None
-    return None
+    kind, local = _source("data.eval_pool", d.eval_pool, c)
+    if kind == "hub":
+        c.line(f"data.eval_pool: hub dataset {d.eval_pool} [split {d.eval_split}], format {d.eval_format} "
+               "(not downloaded now; resolved at run time)")
+    if local is None:
+        return
+    try:
+        loc, first = next(iter(next(iter(iter_sources(str(local), d.eval_split)))[1]))
+        fmt = eval_format_of(first, loc, d.eval_format)
+    except StopIteration:
+        c.error(f"data.eval_pool: {local} has no rows")
+        return
+    except (LoaderError, OSError, ValueError) as exc:
+        c.error(f"data.eval_pool: {exc}")
+        return
+    count = count_rows(local)
+    c.line(f"data.eval_pool: local {fmt} evaluation set {local}" + (f", {count} rows" if count is not None else "")
+           + "; the pool's prompts are train and probe only")
+    if count is not None and count > d.eval_prompts:
+        c.warn(f"data.eval_pool: evaluating on {d.eval_prompts} of its {count} prompts (data.eval_prompts); "
+               f"data.eval_prompts={count} evaluates on all of them")
 
 
 def _judge(cfg: RunConfig, c: _Checks) -> None:
@@ -284,6 +304,82 @@ def _generation(cfg: RunConfig, c: _Checks, cuda: bool) -> None:
         c.warn("no CUDA GPU here: sampling and training a real model on CPU is only practical for tiny models")
 
 
+#: the GPU the presets are sized for, when no GPU is visible to compare with
+TARGET_GPU_GB = 80
+#: the sequence length the memory plan assumes when training.max_length is unset (the pipeline
+#: then uses the policy's context, unknown before it is loaded)
+PLAN_LENGTH = 2048
+
+
+def memory_plan(cfg: RunConfig):
+    """The estimated peak GPU memory of each stage (`memory.plan`), or None for a synthetic-world
+    policy or a model whose size is unknown here (neither a local directory nor in `HUB_SHAPES`)."""
+    from stagealign import memory
+
+    p, t, g = cfg.policy, cfg.training, cfg.generation
+    shape = memory.shape_of(p.model) if p.model else None
+    if shape is None:
+        return None
+    from stagealign.logprobs import BATCH_SIZE
+
+    settings = memory.Settings(
+        dtype_bytes=memory.DTYPE_BYTES.get(p.dtype, shape.dtype_bytes), lora_r=p.lora.r if p.lora else None,
+        lora_dropout=bool(p.lora and p.lora.dropout > 0), max_length=t.max_length or PLAN_LENGTH,
+        train_batch=t.batch_size, checkpointing=t.gradient_checkpointing, precompute=t.precompute_ref_log_probs,
+        precompute_batch=t.precompute_batch_size, reference_initial=t.reference == "initial" and cfg.iterations > 1,
+        kl=cfg.eval.kl, iterations=cfg.iterations, gen_sequences=g.batch_size * g.n,
+        max_new_tokens=g.max_new_tokens, kl_batch=BATCH_SIZE)
+    return memory.plan(shape, settings, _judge_load(cfg))
+
+
+def _judge_load(cfg: RunConfig):
+    """A model judge's shape and batch as the memory plan needs them; None for judges that load no
+    model here (callables, endpoints) or whose size is unknown."""
+    from stagealign import memory
+    from stagealign.judges import registry
+
+    if cfg.judge.kind not in ("pairrm", "reward_model"):
+        return None
+    try:
+        opts = registry.options_with_defaults(registry.spec_from_config(cfg.judge))
+    except ValueError:
+        return None
+    shape = memory.shape_of(str(opts.get(registry.kind(cfg.judge.kind).path_param)))
+    if shape is None:
+        return None
+    dtype = str(opts.get("dtype") or "auto").removeprefix("torch.")
+    return memory.JudgeLoad(shape, memory.DTYPE_BYTES.get(dtype, shape.dtype_bytes), int(opts.get("batch_size", 1)),
+                            int(opts.get("max_length", 512)), eager_attention=cfg.judge.kind == "pairrm")
+
+
+def _memory(cfg: RunConfig, c: _Checks, cuda: bool) -> None:
+    """Print the memory plan, and warn about a stage that would not fit the GPU here (or, without
+    one, the 80 GB the presets are sized for)."""
+    from stagealign.memory import GB
+
+    if cfg.policy.model is None:
+        return
+    stages = memory_plan(cfg)
+    if stages is None:
+        c.line(f"memory: no estimate: the size of {cfg.policy.model} is unknown here (not a local model "
+               "directory nor a hub model of stagealign.memory.HUB_SHAPES)")
+        return
+    limit, where = TARGET_GPU_GB, f"an {TARGET_GPU_GB} GB GPU"
+    if cuda:
+        import torch
+
+        if torch.cuda.is_available():  # not when a test only says there is one
+            limit, where = torch.cuda.get_device_properties(0).total_memory / GB, "this GPU"
+    length = "" if cfg.training.max_length else f", {PLAN_LENGTH} tokens assumed for training.max_length"
+    c.line(f"memory: estimated peak GPU memory per device, GB (stagealign/memory.py{length}):")
+    for stage in stages:
+        c.line(f"memory:   {stage.line()}")
+        if stage.total / GB > limit:
+            c.warn(f"memory: the {stage.name} stage needs ~{stage.total / GB:.0f} GB, more than {where} "
+                   f"({limit:.0f} GB); lower the batch sizes (training.batch_size with more "
+                   "gradient_accumulation_steps, generation.batch_size) or turn on training.gradient_checkpointing")
+
+
 def _fmt(n: float) -> str:
     return f"{n:,.0f}"
 
@@ -311,6 +407,10 @@ def _cost(cfg: RunConfig, c: _Checks, pool_rows: int | None, answers: int | None
         else:
             n_probe = b.probe_prompts
             n_eval = d.eval_prompts
+    mode = d.iteration_prompts or (plan.iteration_prompts if plan is not None else "disjoint")
+    if mode == "disjoint" and n_train is not None:
+        n_train //= iters
+        c.line(f"data: iteration_prompts=disjoint: each iteration trains on its own {approx}{_fmt(n_train)} prompts")
     k = answers
     on_steps = _onpolicy_iterations(cfg)
     probe_gen = n_probe * b.samples if b.enabled else 0

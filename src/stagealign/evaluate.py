@@ -13,16 +13,23 @@ import numpy as np
 from stagealign.config import EvalConfig, GenerationConfig
 from stagealign.data.schema import Prompt
 from stagealign.distributed import shard_map
-from stagealign.generation import sample
+from stagealign.generation import generate, vllm
 from stagealign.judges.base import Judge
-from stagealign.logprobs import answer_logprobs
+from stagealign.logprobs import BATCH_SIZE, answer_logprobs
 from stagealign.policy import Policy
 from stagealign.stats import cluster_mean
 
 
 #: a run's headline metric, in order of preference: the ground truth's reward when the world knows
-#: it, else the judge's mean score
-HEADLINE = ("reward", "judge_score")
+#: it; else the judge's mean score; a pairwise-only judge (PairRM, an LLM endpoint) has no score, so
+#: then its win rate against the reference answers given with the prompts, else against the initial
+#: policy's answers. Each with a short name for table columns and a long one for plots.
+HEADLINE: dict[str, tuple[str, str]] = {
+    "reward": ("reward", "ground-truth reward"),
+    "judge_score": ("judge score", "judge score"),
+    "win_rate_given_judge": ("win rate vs refs", "judge win rate vs the given references"),
+    "win_rate_judge": ("win rate vs init", "judge win rate vs the initial policy"),
+}
 
 
 def headline(metrics: dict) -> tuple[str, dict]:
@@ -30,7 +37,11 @@ def headline(metrics: dict) -> tuple[str, dict]:
     for key in HEADLINE:
         if metrics.get(key) is not None:
             return key, metrics[key]
-    raise KeyError(f"evaluation has none of {HEADLINE}")
+    raise KeyError(f"evaluation has none of {list(HEADLINE)}")
+
+
+def metric_label(key: str, long: bool = False) -> str:
+    return HEADLINE[key][1 if long else 0]
 
 
 def _est(clusters: list[np.ndarray], bounded: bool) -> dict:
@@ -52,9 +63,7 @@ def evaluate(policy: Policy, prompts: list[Prompt], judge: Judge, cfg: EvalConfi
              seed: int, truth: Judge | None = None, reference: dict[str, list[str]] | None = None,
              initial: Policy | None = None) -> tuple[dict, dict[str, list[str]]]:
     """Metrics dict and the sampled answers (keyed by prompt id, reusable as a reference)."""
-    answers = sample(policy, [p.text for p in prompts], n=cfg.samples, temperature=cfg.temperature,
-                     top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=seed,
-                     backend=gen.backend)
+    answers, token_ids = _sample(policy, prompts, cfg, gen, seed)  # conversations stay conversations
     by_id = {p.id: a for p, a in zip(prompts, answers)}
     flat_p = [p.text for p, a in zip(prompts, answers) for _ in a]
     flat_a = [x for a in answers for x in a]
@@ -75,12 +84,34 @@ def evaluate(policy: Policy, prompts: list[Prompt], judge: Judge, cfg: EvalConfi
         for name, j in (("judge", judge), ("truth", truth)):
             if j is not None and (w := _win_rate(j, prompts, answers, refs)) is not None:
                 metrics[f"win_rate{suffix}_{name}"] = w
+    if reference is None and not any(key in metrics for key in HEADLINE):
+        # the initial policy against its own answers: 1/2 by definition, the start of a pairwise-only run
+        metrics["win_rate_judge"] = {"mean": 0.5, "lo": 0.5, "hi": 0.5}
     if initial is not None and cfg.kl:
-        def logprobs(model: Policy, rows: list[tuple[str, str]]) -> list[float]:
-            return answer_logprobs(model, [p for p, _ in rows], [a for _, a in rows], batch_size=64)
-
-        rows = list(zip(flat_p, flat_a))  # split across ranks in a multi-process launch
-        lp = np.array(shard_map(lambda r: logprobs(policy, r), rows, align=64))
-        lp0 = np.array(shard_map(lambda r: logprobs(initial, r), rows, align=64))
-        metrics["kl_to_initial"] = _est(per_prompt(lp - lp0), bounded=False)
+        flat_q = [p for p, a in zip(prompts, answers) for _ in a]  # the prompts as the policy formats them
+        metrics["kl_to_initial"] = _est(per_prompt(_log_ratios(policy, initial, flat_q, token_ids)),
+                                        bounded=False)
     return metrics, by_id
+
+
+def _sample(policy: Policy, texts: list[Prompt], cfg: EvalConfig, gen: GenerationConfig,
+            seed: int) -> tuple[list[list[str]], list[list[list[int]]]]:
+    """The answers, and the token ids they were sampled as, which the KL scores."""
+    drawn = generate(policy, texts, n=cfg.samples, temperature=cfg.temperature, top_p=gen.top_p,
+                     max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=seed, backend=gen.backend)
+    return drawn.texts, drawn.token_ids
+
+
+def _log_ratios(policy: Policy, initial: Policy, prompts: list[Prompt], token_ids: list[list[list[int]]]) -> np.ndarray:
+    """log pi(y | x) - log pi_0(y | x) of every sampled answer y (flat, in prompt order): its mean
+    estimates KL(policy || initial). Scores the sampled token ids themselves, not re-tokenised text."""
+    ids = [t for drawn in token_ids for t in drawn]
+    vllm.suspend()  # a vLLM engine holds most of the GPU; the log-prob passes need it
+    rows = list(zip(prompts, ids))  # split across ranks in a multi-process launch
+
+    def logprobs(model: Policy, part: list[tuple[Prompt, list[int]]]) -> list[float]:
+        return answer_logprobs(model, [p for p, _ in part], [t for _, t in part], batch_size=BATCH_SIZE)
+
+    lp = np.array(shard_map(lambda part: logprobs(policy, part), rows, align=BATCH_SIZE))
+    lp0 = np.array(shard_map(lambda part: logprobs(initial, part), rows, align=BATCH_SIZE))
+    return lp - lp0

@@ -21,27 +21,35 @@ others read what it wrote.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import torch
+import yaml
 
 from stagealign import distributed
 from stagealign.artifacts import fault
 from stagealign.boundary import BoundaryResult, context_length, measure
-from stagealign.config import RunConfig, dump_config
+from stagealign.config import OnPolicyFile, RunConfig, dump_config
 from stagealign.data.pairs import make_pairs, score_sets
+from stagealign.data.pool import load_onpolicy_candidates
 from stagealign.data.schema import CandidateSet, PreferencePair
-from stagealign.evaluate import evaluate, headline
-from stagealign.generation import check_backend, sample
+from stagealign.evaluate import evaluate, headline, metric_label
+from stagealign.exports import export_iteration
+from stagealign.generation import check_backend, generate, vllm
 from stagealign.judges.base import JudgeError
+from stagealign.judges.llm_api import endpoint_stats
+from stagealign.judges.store import JudgmentStore, StoredJudge
 from stagealign.policy import Policy, load_configured_policy
 from stagealign.providers import Provider, build_provider
 from stagealign.rundir import RunDir, stage_key
 from stagealign.schedule import Choice, next_choice
 from stagealign.seeds import stage_seed
+from stagealign.tracking import Tracker
 from stagealign.training.preference import train_preference
 from stagealign.ui import NullUI
 
@@ -55,7 +63,7 @@ class Run:
         self.ui = ui or NullUI()
         self._provider: Provider | None = None
         self._loaded: dict[str, Policy] = {}
-        self._tb = None
+        self._tracker = Tracker()
 
     # ---- set-up -----------------------------------------------------------------------
     @property
@@ -82,7 +90,9 @@ class Run:
                         f"{record['max_prompt_tokens']} tokens (context minus max_new_tokens), e.g. prompt id "
                         f"{ids[0]!r}; see {self.dir.data_path}")
         self.dir.write_data(record)
-        p.judge, p.truth = distributed.sharded_judge(p.judge), distributed.sharded_judge(p.truth)
+        store = JudgmentStore(self.dir.judgments_path, writer=distributed.is_main())
+        p.judge = StoredJudge(distributed.sharded_judge(p.judge), store)  # nothing judged twice, even after a kill
+        p.truth = distributed.sharded_judge(p.truth)
 
     def policy_path(self, k: int) -> str:
         return self.provider.initial_policy if k == 0 else str(self.dir.model(k))
@@ -96,19 +106,31 @@ class Run:
             self._loaded[path] = load_configured_policy(self.cfg.policy, path, initial=k == 0)
         return self._loaded[path]
 
+    def _release(self, keep: Policy | None = None) -> None:
+        """Drop cached checkpoints (all but `keep`) so that training holds at most two copies of
+        the policy in memory; the evaluation after training loads what it needs again. A vLLM
+        engine sleeps too (it holds most of the GPU; the next sampling call wakes it)."""
+        vllm.suspend()
+        self._loaded = {p: v for p, v in self._loaded.items() if v is keep}
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     # ---- the loop ---------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
         check_backend(self.cfg.generation.backend)  # a missing extra or GPU fails now, not mid-run
+        distributed.refuse_lora_under_zero3(self.cfg.policy.lora)  # before hours of sampling, not after
         with self.dir.session():
             return self._execute()
 
     def _execute(self) -> dict[str, Any]:
-        self.dir.write_config(dump_config(self.cfg))
+        self.dir.write_config(dump_config(self.cfg), normal=_config_data)
         distributed.barrier()
-        if self.cfg.report_to == "tensorboard" and distributed.is_main():
-            from torch.utils.tensorboard import SummaryWriter
+        self._tracker = Tracker.open(self.dir, self.cfg.report_to, self.cfg)
+        with self._tracker:  # a crash marks a W&B run failed
+            return self._loop()
 
-            self._tb = SummaryWriter(str(self.dir.tensorboard_dir))
+    def _loop(self) -> dict[str, Any]:
         self._stage(0, "evaluate", self._evaluate)
         previous: Choice | None = None
         for k in range(1, self.cfg.iterations + 1):
@@ -121,8 +143,6 @@ class Run:
             previous = choice
         summary = self.summary()
         self.dir.write_summary(summary)
-        if self._tb is not None:
-            self._tb.close()
         return summary
 
     def _stage(self, k: int, name: str, fn) -> Any:
@@ -139,9 +159,7 @@ class Run:
         result = distributed.from_main(result)  # every rank goes on with the main process's result
         self.dir.write_stage(k, name, result)
         distributed.barrier()
-        if self._tb is not None:
-            for tag, value in _scalars(result):
-                self._tb.add_scalar(f"{name}/{tag}", value, k)
+        self._tracker.log(name, k, result)
         return result
 
     # ---- stages -----------------------------------------------------------------------
@@ -159,24 +177,25 @@ class Run:
 
     def _decide(self, k: int, bs: dict, previous: Choice | None) -> dict:
         choice = next_choice(self.cfg.schedule, self.cfg.boundary.threshold, k, bs, previous)
-        self.ui.log(f"[{stage_key(k, 'decide')}] {choice.source} (on-policy share {choice.onpolicy_share:.2f}): {choice.reason}")
+        self.ui.log(f"[{stage_key(k, 'decide')}] {choice.source} (on-policy share {choice.onpolicy_share:.2f}): "
+                    f"{choice.reason}")
         return asdict(choice)
 
     def _build(self, k: int, choice: Choice) -> dict:
         p, cfg = self.provider, self.cfg
         rng = np.random.default_rng(stage_seed(cfg.seed, k, "build"))
-        train = [q for q in p.train if q.id in p.pool] if choice.onpolicy_share < 1 else list(p.train)
+        prompts = p.train_prompts(k, cfg.iterations, cfg.data.iteration_prompts)
+        train = [q for q in prompts if q.id in p.pool] if choice.onpolicy_share < 1 else prompts
         n_on = int(round(choice.onpolicy_share * len(train)))
         order = rng.permutation(len(train))
         on_prompts = [train[i] for i in sorted(order[:n_on])]
         off_prompts = [train[i] for i in sorted(order[n_on:])]
         sets = [CandidateSet.from_row(p.pool[q.id].to_row()) for q in off_prompts]
+        given = self._given_candidates(k, on_prompts)
+        sets += list(given.values())
+        on_prompts = [q for q in on_prompts if q.id not in given]
         if on_prompts:
-            g = cfg.generation
-            with self.ui.task(f"iter {k}: on-policy sampling", total=len(on_prompts)) as adv:
-                answers = sample(self.policy(k - 1), [q.text for q in on_prompts], n=g.n, temperature=g.temperature,
-                                 top_p=g.top_p, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size,
-                                 seed=stage_seed(cfg.seed, k, "build"), progress=adv, backend=g.backend)
+            answers = self._sample_candidates(k, on_prompts)
             sets += [CandidateSet(prompt_id=q.id, prompt=q.text, candidates=a, sources=[f"policy@{k - 1}"] * len(a),
                                   origin="onpolicy", iteration=k) for q, a in zip(on_prompts, answers)]
         empty = Counter()
@@ -187,6 +206,7 @@ class Run:
                 s.candidates = [s.candidates[i] for i in keep]
                 s.sources = [s.sources[i] for i in keep]
                 s.scores = None if s.scores is None else [s.scores[i] for i in keep]
+        vllm.suspend()  # the judge may need the GPU the engine holds
         with self.ui.task(f"iter {k}: judging", total=1) as adv:
             score_sets(sets, p.judge)
             adv(1)
@@ -195,22 +215,59 @@ class Run:
         dropped.update(empty)
         self.dir.write_rows(k, "candidates.jsonl", (s.to_row() for s in sets))
         self.dir.write_rows(k, "pairs.jsonl", (x.to_row() for x in pairs))
+        self.dir.drop_partial(k, "samples")
         by_origin = Counter(x.origin for x in pairs)
         self.ui.log(f"[{stage_key(k, 'build')}] {len(pairs)} pairs ({dict(by_origin)}), dropped {dict(dropped)}")
         return {"pairs": len(pairs), "by_origin": dict(by_origin), "dropped": dict(dropped),
                 "mean_margin": float(np.mean([x.margin for x in pairs])) if pairs else 0.0}
 
+    def _given_candidates(self, k: int, prompts: list) -> dict[str, CandidateSet]:
+        """Iteration k's on-policy candidates from `data.onpolicy_candidates`, for the prompts the
+        file covers (the others are sampled); counts of rows left out go to the log."""
+        spec = self.cfg.data.onpolicy_candidates.get(k)
+        if spec is None or not prompts:
+            return {}
+        spec = OnPolicyFile(path=spec) if isinstance(spec, str) else spec
+        got = load_onpolicy_candidates(spec.path, k, format=spec.format, split=spec.split, fields=spec.fields,
+                                       prompts=prompts, render=self.policy(k - 1).format,
+                                       keep_scores=spec.scores == "keep")
+        self.ui.log(f"[{stage_key(k, 'build')}] {len(got.sets)} of {len(prompts)} on-policy prompts from "
+                    f"{spec.path}" + (f", skipped {dict(got.skipped)}" if got.skipped else ""))
+        return dict(got.sets)
+
+    def _sample_candidates(self, k: int, prompts: list) -> list[list[str]]:
+        """On-policy answers for `prompts`, batch by batch into the stage's chunk log: a run killed
+        while sampling resumes after its last finished batch, with the same samples."""
+        g = self.cfg.generation
+        index = {q.id: i for i, q in enumerate(prompts)}
+        done = {index[r["prompt_id"]]: (r["answers"], r["token_ids"]) for r in self.dir.read_partial(k, "samples")
+                if r["prompt_id"] in index}
+
+        def save(idx: list[int], texts: list[list[str]], ids: list[list[list[int]]]) -> None:
+            self.dir.append_partial(k, "samples", [{"prompt_id": prompts[i].id, "answers": t, "token_ids": x}
+                                                   for i, t, x in zip(idx, texts, ids)])
+
+        with self.ui.task(f"iter {k}: on-policy sampling", total=len(prompts)) as adv:
+            return generate(self.policy(k - 1), prompts, n=g.n, temperature=g.temperature, top_p=g.top_p,
+                            max_new_tokens=g.max_new_tokens, batch_size=g.batch_size,
+                            seed=stage_seed(self.cfg.seed, k, "build"), progress=adv, backend=g.backend,
+                            done=done, on_batch=save).texts
+
     def _train(self, k: int) -> dict:
         cfg = self.cfg
         rows = list(self.dir.read_rows(k, "pairs.jsonl"))
-        # a fresh copy: the cached policy(k - 1) must stay the checkpoint it names
-        policy = load_configured_policy(cfg.policy, self.policy_path(k - 1), initial=k == 1)
         ref = self.policy(0) if cfg.training.reference == "initial" and k > 1 else None
+        self._release(keep=ref)  # while training: the trained copy, and TRL's reference at most
+        policy = load_configured_policy(cfg.policy, self.policy_path(k - 1), initial=k == 1)
         tcfg = cfg.training
         if tcfg.max_length is None and (ctx := context_length(policy)) is not None:
             tcfg = tcfg.model_copy(update={"max_length": ctx})  # a pool answer may not fit the context either
+        conversations = {q.id: q.messages for q in self.provider.train if q.messages}
+        pairs = [{**PreferencePair.from_row(r).to_row(), **({"messages": conversations[r["prompt_id"]]}
+                                                           if r.get("prompt_id") in conversations else {})}
+                 for r in rows]  # a conversation prompt trains with its system prompt and earlier turns
         with self.ui.task(f"iter {k}: {cfg.training.method} training", total=None) as adv:
-            res = train_preference(policy, [PreferencePair.from_row(r).to_row() for r in rows], tcfg,
+            res = train_preference(policy, pairs, tcfg,
                                    seed=stage_seed(cfg.seed, k, "train"), work_dir=self.dir.work(k), ref_policy=ref,
                                    report_to=cfg.report_to, where=f"iteration {k}", progress=adv,
                                    lora=cfg.policy.lora)
@@ -219,6 +276,8 @@ class Run:
         self.ui.log(f"[{stage_key(k, 'train')}] {res.steps} steps on {res.pairs} pairs, loss {res.final_loss:.4f}, "
                     f"{res.seconds:.1f}s")
         return {"steps": res.steps, "pairs": res.pairs, "seconds": res.seconds, "final_loss": res.final_loss,
+                "resumed_from_step": res.metrics["resumed_from_step"],
+                "dropped_prompt_too_long": res.metrics["dropped_prompt_too_long"],
                 "pairs_per_second": res.pairs * cfg.training.epochs / max(res.seconds, 1e-9),
                 "epochs": cfg.training.epochs, "log_history": res.metrics["log_history"]}
 
@@ -231,19 +290,22 @@ class Run:
                                     seed=stage_seed(self.cfg.seed, 0, "evaluate"), truth=p.truth,
                                     reference=reference, initial=self.policy(0) if k > 0 else None)
         self.dir.write_rows(k, "eval_answers.jsonl", ({"prompt_id": pid, "answers": a} for pid, a in answers.items()))
+        if self.cfg.data.eval_pool:  # the benchmark's own files: AlpacaEval's model outputs, Arena-Hard's answers
+            export_iteration(self.dir, k, p.eval, answers)
         key, r = headline(metrics)
-        self.ui.log(f"[{stage_key(k, 'evaluate')}] mean {key.replace('_', ' ')} {r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]")
+        self.ui.log(f"[{stage_key(k, 'evaluate')}] mean {metric_label(key)} {r['mean']:.3f} "
+                    f"[{r['lo']:.3f}, {r['hi']:.3f}]")
         return metrics
 
     # ---- summary ----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         d = self.dir
         initial = d.read_stage(0, "evaluate")
+        key, _ = headline(initial)  # one metric for the whole run, chosen by what the judge gives
         rows, before = [], initial
         for k in range(1, self.cfg.iterations + 1):
             bs, dec, build, train, after = (d.read_stage(k, s) for s in ("measure", "decide", "build", "train",
                                                                           "evaluate"))
-            key, _ = headline(after)
             rows.append({
                 "iteration": k, "source": dec["source"], "onpolicy_share": dec["onpolicy_share"],
                 "bs": bs.get("bs"), "bs_lo": bs.get("lo"), "bs_hi": bs.get("hi"), "decision": bs.get("decision"),
@@ -260,7 +322,12 @@ class Run:
             before = after
         return {"run_dir": str(d.root), "schedule": self.cfg.schedule.kind, "method": self.cfg.training.method,
                 "policy": self.cfg.policy.testbed or self.cfg.policy.model, "seed": self.cfg.seed,
-                "initial": initial, "iterations": rows}
+                "metric": key, "initial": initial, "iterations": rows, **self._judge_stats()}
+
+    def _judge_stats(self) -> dict[str, Any]:
+        """An endpoint judge's request counts, unparseable replies included (never silent ties)."""
+        stats = endpoint_stats(self._provider.judge) if self._provider is not None else None
+        return {"judge_endpoint": stats} if stats else {}
 
 
 def measure_checkpoint(cfg: RunConfig, checkpoint: str | None = None, log=print) -> BoundaryResult:
@@ -273,15 +340,6 @@ def measure_checkpoint(cfg: RunConfig, checkpoint: str | None = None, log=print)
                    seed=stage_seed(cfg.seed, 0, "measure"), train_prompts=len(prov.train))
 
 
-def _scalars(d: dict, prefix: str = "") -> list[tuple[str, float]]:
-    out = []
-    for key, v in d.items():
-        if key.startswith("_") or key in ("per_prompt", "log_history"):
-            continue
-        if isinstance(v, bool):
-            continue
-        if isinstance(v, (int, float)):
-            out.append((prefix + key, float(v)))
-        elif isinstance(v, dict):
-            out.extend(_scalars(v, prefix + key + "/"))
-    return out
+def _config_data(text: str) -> dict:
+    """A recorded config as data with today's defaults filled in (fields added since are no change)."""
+    return RunConfig.model_validate(yaml.safe_load(text)).model_dump(mode="json")

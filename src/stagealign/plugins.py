@@ -31,6 +31,7 @@ class DryRunPlan:
     probe_prompts: int | None = None
     eval_prompts: int | None = None
     answers_per_prompt: int | None = None  # static pool answers per prompt
+    iteration_prompts: str = "disjoint"  # the provider's default for data.iteration_prompts
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from stagealign import artifacts
 from stagealign.rundir import RunDir
+from stagealign.evaluate import headline, metric_label
 from stagealign.schedule import SHORT, is_adaptive, path_text
 
 
@@ -60,8 +61,9 @@ def iteration_table(summaries: list[dict]) -> str:
             win = r["win_rate_truth"] if r["win_rate_truth"] is not None else r["win_rate_judge"]
             rows.append([name, r["iteration"], src, bs, r["decision"] or "-", r["pairs"], _f(r["before"]),
                          f"{_f(r['after'])} [{_f(r['after_lo'])}, {_f(r['after_hi'])}]", _f(win), _f(r["kl"])])
-    return "\n".join(markdown_table(["run", "iter", "source", "BS [95% CI]", "stage", "pairs", "reward before",
-                                      "reward after [95% CI]", "win vs init", "KL"], rows))
+    name = metric_label(summaries[0].get("metric") or "reward") if summaries else "reward"
+    return "\n".join(markdown_table(["run", "iter", "source", "BS [95% CI]", "stage", "pairs", f"{name} before",
+                                      f"{name} after [95% CI]", "win vs init", "KL"], rows))
 
 
 # ============================================================================ grid tables
@@ -71,7 +73,7 @@ def _cells(g: dict) -> list[tuple[str, dict]]:
 
 
 def _metric_name(m: dict) -> str:
-    return "ground-truth reward" if m["metric"] == "reward" else "judge score"
+    return metric_label(m["metric"], long=True)
 
 
 def _cell_label(name: str, cell: dict) -> str:
@@ -108,7 +110,7 @@ def _positive(est: dict | None) -> bool:
 def path_table(m: dict) -> str:
     """Reward at every checkpoint and gain of every iteration, per path / schedule."""
     k = max((len(c["gain"]) for g in m["groups"] for c in g["cells"].values()), default=0)
-    columns = (["policy", "method", "path / schedule"] + [f"reward @{i}" for i in range(k + 1)]
+    columns = (["policy", "method", "path / schedule"] + [f"{metric_label(m['metric'])} @{i}" for i in range(k + 1)]
                + [f"gain it{i}" for i in range(1, k + 1)])
     rows = []
     for g in m["groups"]:
@@ -453,7 +455,7 @@ def plot_run_reward(summary: dict, path: Path) -> Path:
     """Reward per iteration of one run, with its 95% interval over eval prompts."""
     plt = _plt()
     rows = summary["iterations"]
-    metric = rows[0]["metric"] if rows else "reward"
+    metric = summary.get("metric") or (rows[0]["metric"] if rows else headline(summary["initial"])[0])
     init = summary["initial"][metric]
     xs = list(range(len(rows) + 1))
     ys = [init["mean"]] + [r["after"] for r in rows]
@@ -469,7 +471,7 @@ def plot_run_reward(summary: dict, path: Path) -> Path:
                     textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
     ax.set_xticks(xs)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("ground-truth reward" if metric == "reward" else "judge score")
+    ax.set_ylabel(metric_label(metric, long=True))
     ax.set_title(f"{_run_name(summary)} ({summary['method']}, seed {summary['seed']})")
     ax.margins(y=0.2)
     ax.legend(loc="best", fontsize=8)
@@ -499,10 +501,11 @@ def grid_report_markdown(m: dict, figures: dict[str, str]) -> str:
         f"answers) measured on the checkpoint after k iterations; threshold {m['threshold']}.", "",
         "## One-iteration effectiveness: static vs on-policy data", "",
         effectiveness_table(m), "", f"![effectiveness]({figures['effectiveness']})", "",
-        "## Reward along each path", "", path_table(m), "", f"![reward per path]({figures['reward']})", "",
+        f"## {metric_label(m['metric']).capitalize()} along each path", "", path_table(m), "",
+        f"![reward per path]({figures['reward']})", "",
         "## Best path, auto and blend", "",
-        "Best path = highest mean final reward among the explicit paths; regret = best path's final reward - "
-        "the schedule's final reward (paired by seed).", "", choice_table(m), "",
+        f"Best path = highest mean final {metric_label(m['metric'])} among the explicit paths; regret = best path's "
+        f"final {metric_label(m['metric'])} - the schedule's final one (paired by seed).", "", choice_table(m), "",
         "## Boundary score trajectories", "", bs_table(m), "", f"![BS trajectories]({figures['bs']})", "",
         "## Boundary score calibration", "",
         "Every checkpoint from which both continuations were trained: does BS >= threshold coincide with "

@@ -5,10 +5,14 @@
       state.json          {"done": ["iter_0/evaluate", "iter_1/measure", ...]}: finished stages, in order
       data.json           prompts per split after fitting the context, and skip counts
       summary.json        the run's iteration table, written after the last stage
+      judgments.sqlite    every judgment the run's judge made (judges.store), reused on resume
       tensorboard/        when report_to=tensorboard
       iter_<k>/           k = 0: the initial policy's evaluation; k >= 1: one iteration
         <stage>.json      each stage's result (measure, decide, build, train, evaluate)
         candidates.jsonl  pairs.jsonl  eval_answers.jsonl  annotations.json
+        samples.partial.jsonl  sampling batches of an unfinished build stage (append-only)
+        model_outputs.json  arena_hard_answers.jsonl  the evaluation's answers for AlpacaEval /
+                          Arena-Hard-Auto (`exports`)
         model/            the policy after iteration k (safetensors)
         work/             TRL's output directory (logs); never copied into another run
 
@@ -54,6 +58,13 @@ def _iteration_of(key: str) -> int:
     return int(_ITER_NAME.match(key.split("/")[0]).group(1))
 
 
+def _normal_or_none(normal, text: str):
+    try:
+        return normal(text)
+    except ValueError:  # an old config the current schema rejects is a different config
+        return None
+
+
 class _RootFile:
     """An entry directly in the run directory: ``RunDir(root).state_path == root / "state.json"``."""
 
@@ -79,6 +90,10 @@ class RunDir:
     data_path = _RootFile("data.json")
     summary_path = _RootFile("summary.json")
     tensorboard_dir = _RootFile("tensorboard")
+    judgments_path = _RootFile("judgments.sqlite")
+    #: iter_<k>/ files of the evaluation's answers in the benchmarks' own formats (`stagealign.exports`)
+    MODEL_OUTPUTS = "model_outputs.json"  # AlpacaEval's --model_outputs
+    ARENA_HARD_ANSWERS = "arena_hard_answers.jsonl"  # Arena-Hard-Auto's model_answer/<model>.jsonl
 
     def iteration(self, k: int) -> Path:
         return self.root / _ITER.format(k=k)
@@ -158,6 +173,24 @@ class RunDir:
             artifacts.write_json(path, obj)
         return path
 
+    def partial_path(self, k: int, name: str) -> Path:
+        """``iter_<k>/<name>.partial.jsonl``: chunks of a stage still in progress (see `append_partial`)."""
+        return self.file(k, f"{name}.partial.jsonl")
+
+    def read_partial(self, k: int, name: str) -> list[dict[str, Any]]:
+        return artifacts.read_log(self.partial_path(k, name))
+
+    def append_partial(self, k: int, name: str, rows: list[dict[str, Any]]) -> None:
+        """Record finished chunks of a long stage (sampling batches) as they finish, so a killed
+        stage resumes after its last finished chunk instead of from its start."""
+        if self._writes():
+            artifacts.append_jsonl(self.partial_path(k, name), rows)
+
+    def drop_partial(self, k: int, name: str) -> None:
+        """The stage's own artifact now holds everything: its chunk log goes."""
+        if self._writes():
+            self.partial_path(k, name).unlink(missing_ok=True)
+
     def save_model(self, k: int, policy, state_dict: dict | None = None) -> None:
         if self._writes():
             policy.save(self.model(k), state_dict=state_dict)
@@ -170,17 +203,18 @@ class RunDir:
         if self._writes():
             artifacts.write_json(self.summary_path, obj)
 
-    def write_config(self, text: str) -> None:
+    def write_config(self, text: str, normal=yaml.safe_load) -> None:
         """Record the run's config; once a stage is recorded it may not change.
 
         Until then a corrected config (after a bad-input error) replaces the old one. Configs are
-        compared as data, not text, so a new field order or quoting style is not a change.
+        compared as data by `normal` (text -> data; the caller's may also fill defaults, so that a
+        field added in a later version is no change), not as text.
         """
         from stagealign.config import ConfigError
 
         old = self.read_config_text()
         if old is not None and self.started:
-            if yaml.safe_load(old) != yaml.safe_load(text):
+            if _normal_or_none(normal, old) != normal(text):
                 raise ConfigError(
                     f"{self.root}: this run directory holds a run with a different config (see {self.config_path}); "
                     "resume with the same config or choose another run_dir")
@@ -231,6 +265,8 @@ class RunDir:
                     shutil.rmtree(tmp, ignore_errors=True)
                     shutil.copytree(s, tmp, ignore=shutil.ignore_patterns(self.work(k).name))
                     tmp.rename(d)
+            if src.judgments_path.is_file() and not self.judgments_path.exists():
+                shutil.copy2(src.judgments_path, self.judgments_path)  # same judge: its verdicts hold here too
             k = upto + 1
             if measure_from is not None and measure_from.has(k, "measure"):
                 artifacts.write_json(self.stage_path(k, "measure"), measure_from.read_stage(k, "measure"))

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Choice", "Source", "KINDS", "ADAPTIVE", "PURE", "SHORT", "is_adaptive", "parse_path", "short", "path_text", "blend_share",
-           "choose", "next_choice"]
+__all__ = ["Choice", "Source", "KINDS", "ADAPTIVE", "PURE", "SHORT", "is_adaptive", "parse_path", "short",
+           "path_text", "blend_share", "choose", "next_choice"]
 
 Source = Literal["static", "onpolicy", "blend"]
 Kind = Literal["static", "onpolicy", "path", "auto", "blend"]

@@ -35,6 +35,7 @@ def look_seed(seed: int, look: int) -> int:
     return seed * 7919 + look
 
 
-def split_seed(seed: int) -> int:
-    """Real pools: the shuffle that holds out eval and probe prompts."""
-    return seed + 17
+def split_seed(data_seed: int) -> int:
+    """Real pools: the shuffle that holds out eval and probe prompts (from `data.seed`, not the run
+    seed, so runs of a grid over run seeds evaluate on the same prompts)."""
+    return data_seed + 17

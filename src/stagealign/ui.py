@@ -55,8 +55,66 @@ class CellUI(NullUI):
         return self.parent.task(desc, total)
 
 
+CELL_STATES = ("pending", "running", "retried", "done", "failed")
+
+
+class CellStates:
+    """Every cell's state, shared by both grid displays.
+
+    Executors report transitions (`set`); "retried" is a cell running again after its worker was
+    lost or it raised a retryable error, so a live view tells a slow cell from a recovering one.
+    """
+
+    def __init__(self):
+        self.state: dict[str, str] = {}
+
+    def set(self, cid: str, state: str) -> bool:
+        """Record a transition; False when the cell was already in that state."""
+        if state not in CELL_STATES:
+            raise ValueError(f"unknown cell state {state!r}; known: {', '.join(CELL_STATES)}")
+        changed = self.state.get(cid) != state
+        self.state[cid] = state
+        return changed
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.state.values() if s == state)
+
+    def line(self) -> str:
+        """``3/10 done, 2 running, 1 retried, 4 pending, 0 failed``."""
+        done = self.count("done")
+        rest = ", ".join(f"{self.count(s)} {s}" for s in ("running", "retried", "pending", "failed"))
+        return f"{done}/{len(self.state)} done, {rest}"
+
+
+class CellBoard:
+    """The grid display's mailbox for cells running elsewhere (a Ray actor in grid/ray_executor.py).
+
+    Counts each cell's attempts (a second start is a retry) and queues starts and log lines until
+    the display drains them. It lives here, free of heavy imports, so the actor's process starts
+    at once instead of importing torch.
+    """
+
+    def __init__(self):
+        self.attempts: dict[int, int] = {}
+        self.events: list[tuple] = []
+
+    def start(self, i: int, node: str) -> int:
+        """Cell i starts on `node`; returns which attempt this is (1 for the first)."""
+        self.attempts[i] = self.attempts.get(i, 0) + 1
+        self.events.append(("start", i, self.attempts[i], node))
+        return self.attempts[i]
+
+    def log(self, i: int | None, line: str) -> None:
+        self.events.append(("log", i, line))
+
+    def drain(self) -> list[tuple]:
+        events, self.events = self.events, []
+        return events
+
+
 class RichGridUI(NullUI):
-    """One rich display for the whole grid: a cells-done bar on top, the current stage below."""
+    """One rich display for the whole grid: the cells' states on top, one row per running cell,
+    the current stage bars below (local executor) and log lines above."""
 
     def __init__(self, console, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -64,6 +122,8 @@ class RichGridUI(NullUI):
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=console)
         self.overall = self.progress.add_task("grid", total=total)
+        self.cells = CellStates()
+        self._rows: dict[str, int] = {}
 
     def log(self, msg: str) -> None:
         self.progress.console.print(msg, highlight=False, markup=False, soft_wrap=True)
@@ -82,8 +142,22 @@ class RichGridUI(NullUI):
         finally:
             self.progress.remove_task(tid)
 
-    def cell(self, i: int, total: int, cid: str) -> None:
-        self.progress.update(self.overall, completed=i, description=f"grid: cells done (next: {cid})")
+    def state(self, cid: str, state: str, note: str = "") -> None:
+        """Show a cell's new state: counts on the top row, a row while it runs, a log line when
+        it is retried or fails."""
+        if not self.cells.set(cid, state):
+            return
+        if state in ("retried", "failed"):
+            self.log(f"[grid] {cid}: {state}" + (f" ({note})" if note else ""))
+        row = self._rows.pop(cid, None)
+        if row is not None:
+            self.progress.remove_task(row)
+        if state in ("running", "retried"):
+            label = "retried" if state == "retried" else "running"
+            self._rows[cid] = self.progress.add_task(f"  {label}: {cid}" + (f" ({note})" if note else ""),
+                                                     total=None)
+        finished = self.cells.count("done") + self.cells.count("failed")
+        self.progress.update(self.overall, completed=finished, description=f"grid: {self.cells.line()}")
 
     def display(self):
         """The live display, shown while the grid runs."""
@@ -91,8 +165,11 @@ class RichGridUI(NullUI):
 
 
 class PlainGridUI(NullUI):
+    """The grid on a plain log: one line per cell state change."""
+
     def __init__(self, ui):
         self.ui = ui
+        self.cells = CellStates()
 
     def log(self, msg: str) -> None:
         self.ui.log(msg)
@@ -100,8 +177,10 @@ class PlainGridUI(NullUI):
     def task(self, desc: str, total: int | None):
         return self.ui.task(desc, total)
 
-    def cell(self, i: int, total: int, cid: str) -> None:
-        pass
+    def state(self, cid: str, state: str, note: str = "") -> None:
+        first = cid not in self.cells.state
+        if self.cells.set(cid, state) and not (first and state == "pending"):  # not the initial listing
+            self.ui.log(f"[grid] {cid}: {state}" + (f" ({note})" if note else ""))
 
     def display(self):
         return contextlib.nullcontext()

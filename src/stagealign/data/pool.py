@@ -5,9 +5,11 @@ This is the assembly layer: `stagealign.data.sources` says where rows come from 
 prompt, cleaned, and turned into `CandidateSet`s, so the merging rules live in one place whatever
 the input looked like.
 
-Rows that share a prompt id are merged into one candidate set; for binarized data `Pool.labels`
-records the (chosen, rejected) candidate indices of the first pair per prompt and
-`Pool.label_pairs` keeps all of them. Any format may carry a reference answer per prompt in a
+Rows that share a prompt id are merged into one candidate set (one-answer-per-row files such as
+OpenRLHF's become one set per prompt); for binarized data `Pool.labels` records the (chosen,
+rejected) candidate indices of the first pair per prompt and `Pool.label_pairs` keeps all of them;
+formats with scores (UltraFeedback's ratings, SimPO's and RLHFlow's reward-model scores) keep
+them as the sets' scores instead. Any format may carry a reference answer per prompt in a
 ``reference`` column (a string; the first one seen for a prompt is kept); evaluation reports the
 win rate against it next to the win rate against the initial policy.
 
@@ -20,38 +22,52 @@ instead). Besides the row-level reasons of `stagealign.data.formats`, merging co
 skipped), ``too_few_candidates`` (prompt with fewer than ``min_candidates`` distinct answers
 after cleaning: prompt dropped), ``partial_scores`` (only some candidates of a prompt have
 scores: the prompt's scores are dropped) and ``bad_reference`` (a ``reference`` that is not a
-non-empty string: ignored, the row kept). Duplicate answers for one prompt (compared after
-stripping whitespace) are deduplicated, the first kept; duplicates inside one row (or across rows
-of one-answer-per-row data) are counted as ``duplicate_answer``, never raised, and repeats of an
-answer across binarized rows (the normal case for multi-pair data) are merged silently.
+non-empty string: ignored, the row kept); `load_onpolicy_candidates` also counts
+``not_in_prompts`` (a row of a prompt the run did not give: left out, never raised). Duplicate
+answers for one prompt (compared after stripping whitespace) are deduplicated, the first kept;
+duplicates inside one row (or across rows of one-answer-per-row data) are counted as
+``duplicate_answer``, never raised, and repeats of an answer across binarized rows (the normal
+case for multi-pair data) are merged silently.
+
+`load_onpolicy_candidates` reads a file of on-policy candidates generated outside the run (in
+any format `load_pool` reads) into candidate sets of one iteration, origin "onpolicy", tied to the
+run's prompts.
 
 `save_pool` / `read_pool` store a cleaned pool as an artifact: a JSONL file of `CandidateSet`
 rows (readable with ``CandidateSet.from_row`` by any stage) plus a ``<name>.meta.json`` sidecar
-with the source, format, skip counts and labels.
+with the source, format, skip counts, labels and what belongs to the prompts (reference answers,
+conversations).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stagealign.artifacts import ArtifactError, iter_jsonl, read_json, write_json, write_jsonl
-from stagealign.data.formats import FORMATS, Format, RowReader, SkipCounter, detect_format
-from stagealign.data.schema import CandidateSet, Prompt
+from stagealign.data.formats import (
+    FORMATS,
+    FieldMap,
+    Format,
+    RowReader,
+    SkipCounter,
+    detect_format,
+    field_map,
+)
+from stagealign.data.schema import CandidateSet, Origin, Prompt
 from stagealign.data.sources import LoaderError, iter_sources
 
 logger = logging.getLogger(__name__)
 
-#: Optional per-row column holding a reference answer for the prompt (win rate vs reference).
-REFERENCE_FIELD = "reference"
-
 
 @dataclass
 class Pool:
-    """A static preference pool: prompts and one `CandidateSet` (origin "static") per prompt."""
+    """Prompts and one `CandidateSet` per prompt: a static preference pool (origin "static"), or
+    on-policy candidates read from a file (`load_onpolicy_candidates`, origin "onpolicy")."""
 
     prompts: list[Prompt]
     sets: dict[str, CandidateSet]  # keyed by prompt id, same order as `prompts`
@@ -74,6 +90,7 @@ def load_pool(
     *,
     id_field: str | None = None,
     score_field: str | None = None,
+    fields: Mapping[str, str] | None = None,
     strict: bool = False,
     min_candidates: int = 2,
 ) -> Pool:
@@ -82,46 +99,74 @@ def load_pool(
     `limit` keeps the first `limit` usable prompts (in order of first appearance); reading stops
     as soon as they are collected, so rows of those prompts further down are not merged.
     `prompt_field` names the prompt column when it is not the format's default; `score_field`
-    names the per-completion score key for raw UltraFeedback.
+    names the per-completion score key for raw UltraFeedback. `fields` (``data.fields``: {target:
+    field}, see `formats.field_map`) reads any rows, as format ``mapped``.
     """
-    if format not in ("auto", *FORMATS):
-        raise ValueError(f"format must be one of auto, {', '.join(FORMATS)}; got {format!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None; got {limit!r}")
-    if min_candidates < 2:
-        raise ValueError(f"min_candidates must be at least 2; got {min_candidates}")
-    source = os.fspath(source)
-    ctx = SkipCounter(strict)
-    merge = _Merge(ctx, id_field, min_candidates)
-    fmt_seen: str | None = None
-    any_rows = False
-    stop = False  # the limit was reached
-    for _label, rows in iter_sources(source, split):
-        reader: RowReader | None = None
-        for loc, row in rows:
-            any_rows = True
-            if reader is None:
-                reader = RowReader.for_first_row(
-                    row, loc, format, prompt_field=prompt_field, id_field=id_field,
-                    score_field=score_field,
-                )
-                if fmt_seen is not None and reader.format != fmt_seen:
-                    raise LoaderError(
-                        f"{loc}: rows are in {reader.format!r} format but earlier files were "
-                        f"{fmt_seen!r}; load them separately"
-                    )
-                fmt_seen = reader.format
-            if limit is not None and merge.n_ready >= limit:
-                head = reader.prompt(row, loc, None)  # quiet: nothing is counted past the limit
-                if head is None or head[0] not in merge.groups:
-                    stop = True
-                    break
-            merge.add(reader, row, loc)
-        if stop:
-            break
-    if not any_rows:
-        raise LoaderError(f"{source}: no rows")
-    return _assemble(merge.groups, ctx, source, fmt_seen, limit, min_candidates)
+    reading = _Reading.start(source, format, fields, prompt_field, id_field, strict, min_candidates)
+    reading.read(split, limit, prompt_field=prompt_field, id_field=id_field, score_field=score_field)
+    return reading.assemble(limit)
+
+
+def load_onpolicy_candidates(
+    source: str | os.PathLike,
+    iteration: int,
+    *,
+    format: Format = "auto",
+    split: str = "train",
+    fields: Mapping[str, str] | None = None,
+    prompts: Iterable[Prompt] | None = None,
+    render: Callable[[Prompt], str] | None = None,
+    keep_scores: bool = True,
+    strict: bool = False,
+    min_candidates: int = 2,
+) -> Pool:
+    """On-policy candidates of iteration `iteration` generated outside the run (say on one's own
+    vLLM cluster), from a file in any format `load_pool` reads, as the run's own samples would be.
+
+    Every set has origin "onpolicy", iteration `iteration` and every source
+    ``policy@{iteration - 1}`` (the policy the iteration starts from wrote them; model names in the
+    file are not kept). Scores in the file become the sets' scores (``keep_scores=False`` drops
+    them); a set without scores is left for the judge, like a sampled one.
+
+    `prompts` (the run's prompts, e.g. the iteration's training prompts) ties the file to the run:
+    a row's prompt is matched by id, else by its text, else, with `render` (e.g. ``policy.format``),
+    by the text the policy is conditioned on, which is how files that store the formatted prompt
+    (RLHFlow's, OpenRLHF's) are matched; a matched set takes the run prompt's id, text and
+    conversation. Rows of other prompts are left out and counted as ``not_in_prompts`` (never
+    raised: one file may hold every iteration's prompts). Without `prompts`, sets keep the file's
+    own prompts.
+    """
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 1:
+        raise ValueError(f"iteration must be a positive integer (on-policy data trains iteration 1 on); "
+                         f"got {iteration!r}")
+    reading = _Reading.start(source, format, fields, None, None, strict, min_candidates,
+                             resolve=_resolver(prompts, render))
+    reading.read(split, None, prompt_field=None, id_field=None, score_field=None)
+    return reading.assemble(None, origin="onpolicy", iteration=iteration,
+                            writer=f"policy@{iteration - 1}", keep_scores=keep_scores)
+
+
+def _resolver(prompts: Iterable[Prompt] | None,
+              render: Callable[[Prompt], str] | None) -> Callable[[Prompt], Prompt | None] | None:
+    """Maps a file's prompt to the run's prompt it stands for (by id, text, then rendered text)."""
+    if prompts is None:
+        return None
+    known = list(prompts)
+    by_id = {p.id: p for p in known}
+    by_text = {p.text.strip(): p for p in known}
+    by_render: dict[str, Prompt] = {}
+
+    def resolve(p: Prompt) -> Prompt | None:
+        hit = by_id.get(p.id) or by_text.get(p.text.strip())
+        if hit is None and render is not None:
+            if not by_render:  # formatted once, and only when a file needs it
+                by_render.update({render(q).strip(): q for q in known})
+            hit = by_render.get(p.text.strip())
+        return hit
+
+    return resolve
 
 
 def save_pool(pool: Pool, path: str | os.PathLike) -> None:
@@ -133,6 +178,7 @@ def save_pool(pool: Pool, path: str | os.PathLike) -> None:
         "skipped": pool.skipped,
         "n_prompts": len(pool.sets),
         "references": {p.id: p.reference for p in pool.prompts if p.reference is not None},
+        "messages": {p.id: list(p.messages) for p in pool.prompts if p.messages is not None},
         "labels": None if pool.labels is None else {k: list(v) for k, v in pool.labels.items()},
         "label_pairs": None if pool.label_pairs is None else {
             k: [list(p) for p in v] for k, v in pool.label_pairs.items()
@@ -157,7 +203,9 @@ def read_pool(path: str | os.PathLike) -> Pool:
     meta_path = _meta_path(path)
     meta: dict[str, Any] = read_json(meta_path) if meta_path.exists() else {}
     refs = meta.get("references") or {}
-    prompts = [Prompt(id=pid, text=cs.prompt, reference=refs.get(pid)) for pid, cs in sets.items()]
+    convs = meta.get("messages") or {}
+    prompts = [Prompt(id=pid, text=cs.prompt, reference=refs.get(pid),
+                      messages=tuple(convs[pid]) if pid in convs else None) for pid, cs in sets.items()]
     labels = meta.get("labels")
     label_pairs = meta.get("label_pairs")
     return Pool(
@@ -174,6 +222,79 @@ def read_pool(path: str | os.PathLike) -> Pool:
 
 
 # --------------------------------------------------------------------------------------------
+# reading the files of a source
+
+
+class _Reading:
+    """One load: checks the arguments, reads every file of a source into `_Merge`, assembles.
+
+    Shared by `load_pool` and `load_onpolicy_candidates`, so a pool and a candidates file are
+    read, cleaned and merged by the same rules.
+    """
+
+    def __init__(self, source: str, format: str, fields: FieldMap | None, merge: "_Merge") -> None:
+        self.source, self.format, self.fields, self.merge = source, format, fields, merge
+        self.fmt_seen: str | None = None
+
+    @classmethod
+    def start(
+        cls, source: str | os.PathLike, format: str, fields: Mapping[str, str] | None,
+        prompt_field: str | None, id_field: str | None, strict: bool, min_candidates: int,
+        resolve: Callable[[Prompt], Prompt | None] | None = None,
+    ) -> "_Reading":
+        """Check the arguments (ValueError with one line) before any file is opened."""
+        if format not in ("auto", *FORMATS):
+            raise ValueError(f"format must be one of auto, {', '.join(FORMATS)}; got {format!r}")
+        fm = field_map(fields) if fields is not None else None
+        if fm is not None and format not in ("auto", "mapped"):
+            raise ValueError(f"a field mapping (data.fields) reads rows as format 'mapped'; got format {format!r}")
+        if fm is None and format == "mapped":
+            raise ValueError("format 'mapped' needs a field mapping (data.fields: which field holds what)")
+        if fm is not None and (prompt_field or id_field):
+            raise ValueError("with a field mapping (data.fields) name the prompt and id fields there, "
+                             "not as prompt_field / id_field")
+        if min_candidates < 2:
+            raise ValueError(f"min_candidates must be at least 2; got {min_candidates}")
+        ctx = SkipCounter(strict)
+        return cls(os.fspath(source), format, fm, _Merge(ctx, id_field, min_candidates, resolve))
+
+    def read(self, split: str, limit: int | None, *, prompt_field: str | None, id_field: str | None,
+             score_field: str | None) -> None:
+        """Merge every row (up to `limit` usable prompts); a source without rows is an error."""
+        any_rows = False
+        for _label, rows in iter_sources(self.source, split):
+            reader: RowReader | None = None
+            for loc, row in rows:
+                any_rows = True
+                if reader is None:
+                    reader = self._reader(row, loc, prompt_field, id_field, score_field)
+                if limit is not None and self.merge.n_ready >= limit:
+                    head = reader.prompt(row, loc, None)  # quiet: nothing is counted past the limit
+                    if head is None or head.id not in self.merge.groups:
+                        return
+                self.merge.add(reader, row, loc)
+        if not any_rows:
+            raise LoaderError(f"{self.source}: no rows")
+
+    def _reader(self, row: dict[str, Any], loc: str, prompt_field: str | None, id_field: str | None,
+                score_field: str | None) -> RowReader:
+        """The reader of one file, from its first row; every file of a source has one format."""
+        reader = RowReader.for_first_row(row, loc, self.format, prompt_field=prompt_field,
+                                         id_field=id_field, score_field=score_field, fields=self.fields)
+        if self.fmt_seen is not None and reader.format != self.fmt_seen:
+            raise LoaderError(f"{loc}: rows are in {reader.format!r} format but earlier files were "
+                              f"{self.fmt_seen!r}; load them separately")
+        self.fmt_seen = reader.format
+        return reader
+
+    def assemble(self, limit: int | None, *, origin: Origin = "static", iteration: int = 0,
+                 writer: str | None = None, keep_scores: bool = True) -> Pool:
+        """The `Pool` of what was read; `writer` replaces every source (on-policy candidates)."""
+        return _assemble(self.merge, self.source, self.fmt_seen, limit, origin=origin,
+                         iteration=iteration, writer=writer, keep_scores=keep_scores)
+
+
+# --------------------------------------------------------------------------------------------
 # merging rows by prompt
 
 
@@ -181,8 +302,7 @@ def read_pool(path: str | os.PathLike) -> Pool:
 class _Group:
     """Everything gathered for one prompt so far, answers deduplicated after stripping."""
 
-    prompt_id: str
-    text: str
+    prompt: Prompt
     loc: str  # where the prompt was first seen
     candidates: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
@@ -206,12 +326,18 @@ class _Group:
 
 
 class _Merge:
-    """Merges read rows into `_Group`s by prompt id, in order of first appearance."""
+    """Merges read rows into `_Group`s by prompt id, in order of first appearance.
 
-    def __init__(self, ctx: SkipCounter, id_field: str | None, min_candidates: int) -> None:
+    `resolve` (on-policy candidates) maps each row's prompt to the run's prompt it stands for, or
+    None for a prompt the run does not have.
+    """
+
+    def __init__(self, ctx: SkipCounter, id_field: str | None, min_candidates: int,
+                 resolve: Callable[[Prompt], Prompt | None] | None = None) -> None:
         self.ctx = ctx
         self.id_field = id_field
         self.min_candidates = min_candidates
+        self.resolve = resolve
         self.groups: dict[str, _Group] = {}
         self.n_ready = 0  # prompts with enough distinct answers so far
 
@@ -220,21 +346,28 @@ class _Merge:
         out = reader.read(row, loc, ctx)
         if out is None:
             return
-        pid, text, answers, pair_field = out
-        group = self.groups.get(pid)
+        prompt, answers, pair_field = out
+        if self.resolve is not None:
+            run_prompt = self.resolve(prompt)
+            if run_prompt is None:
+                ctx.problem(loc, "not_in_prompts", reader.prompt_field,
+                            f"prompt {prompt.id!r} is not one of the given prompts; row left out")
+                return
+            prompt = run_prompt
+        group = self.groups.get(prompt.id)
         if group is None:
-            group = self.groups[pid] = _Group(pid, text, loc)
-        elif group.text != text:
+            group = self.groups[prompt.id] = _Group(prompt, loc)
+        elif group.prompt.text != prompt.text:
             ctx.problem(loc, "id_conflict", self.id_field or "id",
-                        f"id {pid!r} already used for another prompt text (at {group.loc})")
+                        f"id {prompt.id!r} already used for another prompt text (at {group.loc})")
             return
-        if group.reference is None and row.get(REFERENCE_FIELD) is not None:
-            ref = row[REFERENCE_FIELD]
+        rf = reader.reference_field
+        if group.reference is None and row.get(rf) is not None:
+            ref = row[rf]
             if isinstance(ref, str) and ref.strip():
                 group.reference = ref
             else:
-                ctx.problem(loc, "bad_reference", REFERENCE_FIELD,
-                            "reference is not a non-empty string; ignored")
+                ctx.problem(loc, "bad_reference", rf, "reference is not a non-empty string; ignored")
         was_ready = len(group.candidates) >= self.min_candidates
         idx = []
         for answer, src, score, fld in answers:
@@ -255,10 +388,11 @@ class _Merge:
 
 
 def _assemble(
-    groups: dict[str, _Group], ctx: SkipCounter, source: str, fmt: str | None,
-    limit: int | None, min_candidates: int,
+    merge: _Merge, source: str, fmt: str | None, limit: int | None, *, origin: Origin,
+    iteration: int, writer: str | None, keep_scores: bool,
 ) -> Pool:
     """The `Pool` of the usable groups (at most `limit`), with the final skip counts."""
+    ctx, groups, min_candidates = merge.ctx, merge.groups, merge.min_candidates
     prompts: list[Prompt] = []
     sets: dict[str, CandidateSet] = {}
     labels: dict[str, tuple[int, int]] = {}
@@ -280,10 +414,13 @@ def _assemble(
             ctx.problem(group.loc, "partial_scores", "scores",
                         f"prompt {pid!r}: {len(known)} of {len(group.scores)} answers have a "
                         "score; scores dropped")
-        prompts.append(Prompt(id=pid, text=group.text, reference=group.reference))
+        p = group.prompt
+        prompts.append(Prompt(id=pid, text=p.text, messages=p.messages,
+                              reference=group.reference if group.reference is not None else p.reference))
         sets[pid] = CandidateSet(
-            prompt_id=pid, prompt=group.text, candidates=group.candidates,
-            sources=group.sources, origin="static", iteration=0, scores=scores,
+            prompt_id=pid, prompt=p.text, candidates=group.candidates,
+            sources=[writer] * len(group.candidates) if writer else group.sources,
+            origin=origin, iteration=iteration, scores=scores if keep_scores else None,
         )
         if group.pairs:
             labels[pid] = group.pairs[0]
@@ -315,6 +452,7 @@ __all__ = [
     "LoaderError",
     "Pool",
     "detect_format",
+    "load_onpolicy_candidates",
     "load_pool",
     "read_pool",
     "save_pool",

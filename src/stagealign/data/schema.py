@@ -9,6 +9,7 @@ trainer reads them directly; the extra columns are ignored there.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -16,22 +17,51 @@ Origin = Literal["static", "onpolicy"]
 ORIGINS: tuple[str, ...] = ("static", "onpolicy")
 
 
+#: One chat message, as chat templates take it: ``{"role": ..., "content": ...}`` (content is text).
+Message = dict[str, str]
+
+
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt; `id` is stable across stages so artifacts can be joined."""
+    """One prompt; `id` is stable across stages so artifacts can be joined.
+
+    A chat prompt that is more than one user turn (a system prompt, earlier turns) keeps its
+    conversation in `messages`, ending with the turn to answer, so the policy can format it with
+    its chat template (`Policy.format`); `text` is then its readable rendering
+    (`render_conversation`), which judges and logs see and the id is derived from. A plain prompt,
+    or a conversation of a single user turn, has `messages` None and `text` is the prompt itself.
+    `messages` takes no part in the hash (dicts cannot be hashed; `text` already tells two
+    conversations apart).
+    """
 
     id: str
     text: str
     reference: str | None = None  # an optional reference answer (for win rate vs reference)
+    messages: tuple[Message, ...] | None = field(default=None, hash=False)
 
 
 def prompt_id(text: str) -> str:
     """The id of a prompt that comes without one: 16 hex chars of the sha256 of the stripped text.
 
     One rule for every source of prompts, so the same text gets the same id whether it came from
-    a pool file or a synthetic world, and artifacts of different runs join on it.
+    a pool file or a synthetic world, and artifacts of different runs join on it. A conversation's
+    id is that of its rendering (`render_conversation`), so a single user turn gets the id of its
+    text and a conversation the same id in every run.
     """
     return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()[:16]
+
+
+def render_conversation(messages: Sequence[Message]) -> str:
+    """A conversation as plain text: each turn ``Role: content``, turns separated by a blank line.
+
+    The one rendering of a conversation, used where no chat template applies: the prompt text
+    judges and logs see, the id (`prompt_id` of this text), and what a policy without a chat template
+    is conditioned on (inside its plain template). A single user turn renders as its content
+    alone, so it reads, and is identified, exactly like the same prompt given as a string.
+    """
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
 
 
 @dataclass

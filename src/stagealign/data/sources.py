@@ -10,7 +10,9 @@ files of `split` when their names say which split they hold, else all of them), 
 ``datasets.save_to_disk`` directory, or a Hugging Face hub name ``org/name`` (loaded with
 ``datasets.load_dataset(name, split=split)``; see `stagealign.hub` for the path-or-hub rule).
 
-Every row comes with its location: ``file:line`` for JSON lines, ``file row N`` or
+A ``.json`` file may hold a JSON array of rows, JSON lines, or one object whose ``instances`` list
+holds the rows (LMFlow's ``{"type": "text_only", "instances": [...]}``, which RLHFlow's Online-RLHF
+writes). Every row comes with its location: ``file:line`` for JSON lines, ``file row N`` or
 ``name[split] row N`` otherwise. Structural problems (no such file, unreadable file, bytes that
 are not UTF-8, a broken JSON line) raise `LoaderError` with that location at once.
 """
@@ -49,6 +51,37 @@ def iter_sources(source: str, split: str) -> Iterator[tuple[str, Rows]]:
         raise LoaderError(f"{source}: no such file")
 
 
+def count_rows(source: str | Path) -> int | None:
+    """Rows in one local file when cheap to count (JSON lines, a JSON array or ``instances``
+    object, Parquet metadata), else None (a directory, a hub name, an unreadable file).
+
+    Here, next to the readers, so that a count (the dry run's cost estimate) and a load agree on
+    what a row is.
+    """
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    try:
+        if not path.is_file():
+            return None
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if suffix == ".json":
+            data = path.read_bytes()
+            if data.lstrip().startswith(b"["):
+                return len(json.loads(data))
+            whole = _one_object(data)
+            if isinstance(whole, dict) and isinstance(whole.get("instances"), list):
+                return len(whole["instances"])
+        if suffix in (".jsonl", ".json"):
+            with open(path, "rb") as fh:
+                return sum(1 for line in fh if line.strip())
+    except Exception:  # noqa: BLE001 - a count is a courtesy: OSError, JSON, Arrow errors alike
+        return None
+    return None
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (library errors can run to pages)."""
     text = str(exc).strip()
@@ -78,23 +111,24 @@ def _iter_jsonl_rows(path: Path) -> Rows:
 
 
 def _iter_json_rows(path: Path) -> Rows:
-    """A ``.json`` file holds either a JSON array of objects or JSON lines."""
+    """A ``.json`` file holds a JSON array of objects, JSON lines, or one object whose
+    ``instances`` list holds the rows (LMFlow's ``{"type": "text_only", "instances": [...]}``,
+    which RLHFlow's Online-RLHF writes)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise LoaderError(f"{path}: cannot read ({exc.strerror})") from None
     if not data.lstrip().startswith(b"["):
-        if data.strip().count(b"\n"):  # a pretty-printed single object is neither form
-            try:
-                whole = json.loads(data.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                whole = None
-            if isinstance(whole, dict):
-                keys = ", ".join(sorted(map(str, whole)))
-                raise LoaderError(
-                    f"{path}:1: expected a JSON array of row objects or JSON lines, got one "
-                    f"JSON object with fields [{keys}]"
-                )
+        whole = _one_object(data)
+        if isinstance(whole, dict) and isinstance(whole.get("instances"), list):
+            yield from _numbered_rows(path, whole["instances"])
+            return
+        if isinstance(whole, dict) and data.strip().count(b"\n"):  # pretty-printed: not JSON lines
+            keys = ", ".join(sorted(map(str, whole)))
+            raise LoaderError(
+                f"{path}:1: expected a JSON array of row objects, JSON lines or an object with an "
+                f"'instances' list, got one JSON object with fields [{keys}]"
+            )
         yield from _iter_jsonl_rows(path)
         return
     try:
@@ -106,6 +140,21 @@ def _iter_json_rows(path: Path) -> Rows:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LoaderError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    yield from _numbered_rows(path, rows)
+
+
+def _one_object(data: bytes) -> Any:
+    """The file parsed as one JSON value, or None when it is not one (JSON lines, broken bytes:
+    the line-by-line reader then names the line)."""
+    if not data.lstrip().startswith(b"{"):
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _numbered_rows(path: Path, rows: list[Any]) -> Rows:
     for n, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise LoaderError(f"{path} row {n}: expected a JSON object, got {type(row).__name__}")
@@ -201,4 +250,4 @@ def _iter_dataset_rows(ds: Any, label: str) -> Rows:
         yield f"{label} row {n}", dict(row)
 
 
-__all__ = ["LoaderError", "Rows", "first_line", "iter_sources"]
+__all__ = ["LoaderError", "Rows", "count_rows", "first_line", "iter_sources"]

@@ -1,4 +1,4 @@
-"""Candidate generation: `sample(policy, prompts, n=...)`, one contract, two engines.
+"""Candidate generation: `generate(policy, prompts, n=...)` / `sample(...)`, one contract, two engines.
 
 `generation.backend` picks the engine: `hf` (HF `generate`, the default, CPU or GPU) or `vllm`
 (the optional extra, CUDA GPUs). Both return `n` stripped answers per prompt, in prompt order,
@@ -10,9 +10,18 @@ before a run starts when the engine cannot work here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
+from dataclasses import dataclass
 
 from stagealign.policy import Policy
+
+#: a prompt as `Policy.format` takes it: text, a conversation (messages) or a `data.schema.Prompt`
+PromptLike = Any
+#: samples an interrupted call already finished: prompt index -> (answers, their token ids)
+Done = dict[int, tuple[list[str], list[list[int]]]]
+#: called with each finished batch: (prompt indices, their answers, their token ids)
+OnBatch = Callable[[list[int], list[list[str]], list[list[list[int]]]], None]
 
 BACKENDS = ("hf", "vllm")
 
@@ -31,18 +40,35 @@ def check_backend(backend: str) -> None:
         vllm.check()
 
 
-def sample(policy: Policy, prompts: list[str], *, n: int, temperature: float = 1.0, top_p: float = 1.0,
-           max_new_tokens: int = 32, batch_size: int = 64, seed: int = 0,
-           progress: Callable[[int], None] | None = None, backend: str = "hf") -> list[list[str]]:
-    """`n` sampled answers for each prompt with the chosen backend (`batch_size` is HF's prompts per
-    `generate` call; vLLM schedules its own batches)."""
+@dataclass
+class Samples:
+    """`n` samples per prompt, in prompt order: the stripped answer texts every stage reads, and
+    the token ids each was sampled as (ending with the end-of-turn token it stopped on, if any),
+    which is what the KL estimate scores."""
+
+    texts: list[list[str]]
+    token_ids: list[list[list[int]]]
+
+
+def generate(policy: Policy, prompts: Sequence[PromptLike], *, n: int, temperature: float = 1.0, top_p: float = 1.0,
+             max_new_tokens: int = 32, batch_size: int = 64, seed: int = 0,
+             progress: Callable[[int], None] | None = None, backend: str = "hf", done: Done | None = None,
+             on_batch: OnBatch | None = None) -> Samples:
+    """`n` sampled answers for each prompt with the chosen backend, with their token ids
+    (`batch_size` is HF's prompts per `generate` call; vLLM schedules its own batches). `done` and
+    `on_batch` resume an interrupted call without redoing its finished batches (see `hf.generate`)."""
+    kw = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+              progress=progress, done=done, on_batch=on_batch)
     if backend == "hf":
         from stagealign.generation import hf
 
-        return hf.sample(policy, prompts, n=n, temperature=temperature, top_p=top_p,
-                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress)
+        return hf.generate(policy, prompts, batch_size=batch_size, **kw)
     check_backend(backend)
     from stagealign.generation import vllm
 
-    return vllm.sample(policy, prompts, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                       seed=seed, progress=progress)
+    return vllm.generate(policy, prompts, **kw)
+
+
+def sample(policy: Policy, prompts: Sequence[PromptLike], **kwargs) -> list[list[str]]:
+    """The answer texts of `generate` (same arguments)."""
+    return generate(policy, prompts, **kwargs).texts

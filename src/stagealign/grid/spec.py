@@ -35,6 +35,17 @@ class GridError(ConfigError):
     """A problem with the grid spec or with a grid directory."""
 
 
+class CellResources(BaseModel):
+    """What one cell asks of a Ray cluster (`stagealign grid --executor ray`); the local executor
+    runs one cell at a time and ignores it. Ray starts a cell only where these are free, so
+    num_cpus also sets how many cells share a machine (and the cell's torch threads)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(1, gt=0, description="CPUs per cell (also its torch threads)")
+    num_gpus: float = Field(0, ge=0, description="GPUs per cell; fractions share a GPU")
+
+
 class GridSpec(BaseModel):
     """The `grid:` section of a config file. Unset entries fall back to the base run config."""
 
@@ -49,6 +60,8 @@ class GridSpec(BaseModel):
         "all", description="'all' (every static/on-policy path), 'none', or a list such as ['off,on', 'on,on']")
     schedules: list[Literal["auto", "blend", "static", "onpolicy"]] = Field(
         default_factory=lambda: ["auto"], description="adaptive or fixed schedules run next to the paths")
+    resources: CellResources = Field(default_factory=CellResources,
+                                     description="per cell on a Ray cluster, e.g. {num_cpus: 1, num_gpus: 0}")
 
     @field_validator("seeds")
     @classmethod

@@ -89,6 +89,24 @@ class CallableJudge(Judge):
         return out  # checked (numbers, length, finite) by Judge.score
 
 
+class PairwiseCallableJudge(Judge):
+    """Wraps any Python function `f(prompts, a, b) -> P(a > b)` as a pairwise-only judge (a custom
+    ranker or a service that only compares two answers)."""
+
+    pairwise_only = True
+
+    def __init__(self, fn: Callable[[list[str], list[str], list[str]], Sequence[float]], name: str | None = None):
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "pairwise_callable")
+
+    def _prob(self, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
+        try:
+            out = self.fn(prompts, a, b)
+        except Exception as exc:  # the user's function: name it and what it raised (--debug shows where)
+            raise JudgeError(f"judge {self.name!r} raised {type(exc).__name__}: {exc}") from exc
+        return list(out) if isinstance(out, Iterator) else out  # checked by Judge.prob
+
+
 def load_callable(spec: str) -> Callable:
     """Resolve 'package.module:function' to the function, with a clear error otherwise."""
     if ":" not in spec:

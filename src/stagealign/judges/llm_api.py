@@ -11,11 +11,27 @@ its repr, or included in error messages (messages are redacted in case a server 
 and custom clients pass ``transport=fn`` where ``fn(payload: dict) -> response: dict`` receives the
 JSON body of a chat-completions request and returns the parsed JSON response; it may raise
 `HTTPStatusError` (or `urllib.error.HTTPError`) to report an HTTP failure.
+
+Reasoning models (o1/o3-style, DeepSeek-R1, QwQ, Qwen3 thinking) think before they answer, so
+the request and the parsing both adapt:
+
+- ``temperature: null`` / ``max_tokens: null`` leave those fields out of the request (OpenAI's
+  reasoning models reject a temperature, and a 16-token cap cuts the thinking off before any
+  verdict); ``max_completion_tokens: N`` sends OpenAI's newer cap instead of ``max_tokens``.
+- The verdict is read from the final answer only: the message ``content`` after its last
+  ``</think>`` (also when the server's chat template opened the block in the prompt), and nothing
+  after a ``<think>`` left open (thinking cut off by the token cap). A ``reasoning_content`` /
+  ``reasoning`` field is never read, so "[[A]]" written while thinking cannot count as a verdict.
+
+Replies without a readable verdict are never silent: they are counted (`n_unparsed`, of
+`n_requests`; `stats()` gives both, with the replies cut off by the token cap) and, with the
+default ``on_unparseable="tie"``, scored 0.5; the first one is logged with the start of its text.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -46,7 +62,8 @@ DEFAULT_TEMPLATE = (
 )
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _PLACEHOLDER = re.compile(r"\{(prompt|a|b)\}")
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 _VERDICTS = (
     re.compile(r"^[\s\W]*([AB])[\s\W]*$", re.IGNORECASE),  # "A", "**B**", "(A).", "[[B]]", "a"
     re.compile(r"\[\[\s*([AB])\s*\]\]"),  # "... final verdict: [[A]]"
@@ -55,6 +72,7 @@ _VERDICTS = (
                r"(?i:answer\s+)?[\"'*(\[]*([AB])\b"),  # "The better answer is B"
 )
 _KEYLIKE = (re.compile(r"(?i)(bearer\s+)\S+"), re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}"))
+_log = logging.getLogger(__name__)
 
 
 class HTTPStatusError(Exception):
@@ -66,9 +84,23 @@ class HTTPStatusError(Exception):
         self.body = body
 
 
+def final_answer(text: str) -> str:
+    """The part of a reply after any thinking: the text after the last ``</think>`` (also when the
+    block was opened by the prompt, not the reply), and none after a ``<think>`` left open (thinking
+    cut off), so nothing written while thinking can be read as the verdict."""
+    text = text or ""
+    closes = list(_THINK_CLOSE.finditer(text))
+    if closes:
+        text = text[closes[-1].end():]
+    opened = _THINK_OPEN.search(text)
+    if opened:
+        text = text[:opened.start()]
+    return text.strip()
+
+
 def parse_verdict(text: str) -> str | None:
-    """'A', 'B' or None from a judge's reply."""
-    text = _THINK.sub(" ", text or "").strip()
+    """'A', 'B' or None from a judge's reply (its final answer, after any thinking)."""
+    text = final_answer(text)
     for pattern in _VERDICTS:
         m = pattern.search(text)
         if m:
@@ -91,8 +123,9 @@ class OpenAIJudge(Judge):
         template: str = DEFAULT_TEMPLATE,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         both_orders: bool = True,
-        sampling_temperature: float = 0.0,
+        temperature: float | None = 0.0,
         max_tokens: int | None = 16,
+        max_completion_tokens: int | None = None,
         use_logprobs: bool = False,
         extra_body: Mapping[str, Any] | None = None,
         timeout: float = 60.0,
@@ -109,6 +142,9 @@ class OpenAIJudge(Judge):
             raise ValueError(f"template lacks the placeholders {sorted(missing)}")
         if max_retries < 0 or max_workers < 1:
             raise ValueError("max_retries must be >= 0 and max_workers >= 1")
+        for key, value in (("max_tokens", max_tokens), ("max_completion_tokens", max_completion_tokens)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{key} must be >= 1 or null (left out of the request), got {value!r}")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
@@ -119,8 +155,10 @@ class OpenAIJudge(Judge):
         self.template = template
         self.system_prompt = system_prompt
         self.both_orders = bool(both_orders)
-        self.sampling_temperature = float(sampling_temperature)
+        # not `self.temperature`: on a Judge that name is the Bradley-Terry temperature
+        self.sampling_temperature = None if temperature is None else float(temperature)
         self.max_tokens = max_tokens
+        self.max_completion_tokens = max_completion_tokens
         self.use_logprobs = bool(use_logprobs)
         self.extra_body = dict(extra_body or {})
         self.timeout = float(timeout)
@@ -129,8 +167,9 @@ class OpenAIJudge(Judge):
         self.max_workers = int(max_workers)
         self.on_unparseable = on_unparseable
         self.name = name or f"openai:{model}"
-        self.n_requests = 0
-        self.n_unparsed = 0
+        self.n_requests = 0  # answered requests
+        self.n_unparsed = 0  # of those, replies with no readable verdict (scored as ties, or errors)
+        self.n_truncated = 0  # replies the token cap cut off (finish_reason "length")
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -138,6 +177,13 @@ class OpenAIJudge(Judge):
                 f"api_key_env={self.api_key_env!r}, both_orders={self.both_orders})")
 
     __str__ = __repr__
+
+    def stats(self) -> dict[str, int]:
+        """Requests answered, replies without a readable verdict, and replies cut off by the token
+        cap so far: what a run summary reports (a high unparsed count means the ties are the
+        parser's, not the judge's)."""
+        with self._lock:
+            return {"requests": self.n_requests, "unparsed": self.n_unparsed, "truncated": self.n_truncated}
 
     # ------------------------------------------------------------------ requests
     def build_payload(self, prompt: str, first: str, second: str) -> dict:
@@ -148,9 +194,12 @@ class OpenAIJudge(Judge):
         if self.system_prompt:
             messages.append({"role": "system", "content": self.system_prompt})
         messages.append({"role": "user", "content": content})
-        payload: dict[str, Any] = {"model": self.model, "messages": messages,
-                                   "temperature": self.sampling_temperature}
-        if self.max_tokens is not None:
+        payload: dict[str, Any] = {"model": self.model, "messages": messages}
+        if self.sampling_temperature is not None:
+            payload["temperature"] = self.sampling_temperature
+        if self.max_completion_tokens is not None:  # OpenAI's reasoning models take only this cap
+            payload["max_completion_tokens"] = int(self.max_completion_tokens)
+        elif self.max_tokens is not None:
             payload["max_tokens"] = int(self.max_tokens)
         if self.use_logprobs:
             payload["logprobs"] = True
@@ -211,32 +260,41 @@ class OpenAIJudge(Judge):
             time.sleep(self.retry_backoff * (2 ** attempt))
         raise AssertionError("unreachable")
 
-    def _p_first(self, response: dict) -> float | None:
-        """P(the answer shown as A is better) from one response, None when unreadable."""
+    def _p_first(self, response: dict) -> tuple[float | None, str]:
+        """(P(the answer shown as A is better), the reply's text) from one response; P is None when
+        no verdict can be read. Only the final answer counts: `content`, never `reasoning_content`."""
         try:
             choice = response["choices"][0]
         except (KeyError, IndexError, TypeError):
             raise self._fail(f"malformed response (no choices): {str(response)[:200]}") from None
-        if self.use_logprobs:
-            p = _p_from_logprobs(choice)
-            if p is not None:
-                return p
+        if choice.get("finish_reason") == "length":
+            with self._lock:
+                self.n_truncated += 1
         message = choice.get("message") or {}
         text = message.get("content")
         if text is None:
-            text = choice.get("text", "")
+            text = choice.get("text") or ""
+        if self.use_logprobs:
+            p = _p_from_logprobs(choice)
+            if p is not None:
+                return p, str(text)
         verdict = parse_verdict(str(text))
         if verdict is None:
-            return None
-        return 1.0 if verdict == "A" else 0.0
+            return None, str(text)
+        return (1.0 if verdict == "A" else 0.0), str(text)
 
     def _ask(self, job: tuple[str, str, str]) -> float:
-        p = self._p_first(self._call(self.build_payload(*job)))
+        p, text = self._p_first(self._call(self.build_payload(*job)))
         if p is None:
             with self._lock:
                 self.n_unparsed += 1
+                first = self.n_unparsed == 1
             if self.on_unparseable == "error":
-                raise self._fail("could not read 'A' or 'B' from the reply")
+                raise self._fail(f"could not read 'A' or 'B' from the reply {text[:200]!r}")
+            if first:
+                _log.warning(self._redact(
+                    f"judge {self.name!r}: no verdict in the reply {text[:200]!r}; scored as a tie, and counted "
+                    "(judge.stats()['unparsed']); a reasoning model needs max_tokens: null or a larger cap"))
             return 0.5
         return p
 
@@ -255,6 +313,16 @@ class OpenAIJudge(Judge):
         if not self.both_orders:
             return p
         return 0.5 * (p[:n] + 1.0 - p[n:])
+
+
+def endpoint_stats(judge: Judge | None) -> dict[str, int] | None:
+    """`OpenAIJudge.stats()` of the endpoint judge under any wrappers (`CachedJudge`,
+    `distributed.ShardedJudge`: each keeps its judge as `.inner`); None for any other judge. Under
+    several processes these are this process's requests only."""
+    seen = 0
+    while judge is not None and not isinstance(judge, OpenAIJudge) and seen < 8:
+        judge, seen = getattr(judge, "inner", None), seen + 1
+    return judge.stats() if isinstance(judge, OpenAIJudge) else None
 
 
 def _read_body(exc: urllib.error.HTTPError) -> str:

@@ -12,6 +12,8 @@ Built-in kinds (heavy imports happen only when a kind is built or its options ar
 * ``openai``:       `OpenAIJudge(model, base_url=..., api_key_env=..., **options)`
 * ``callable``:     `CallableJudge(load_callable(path), name=..., temperature=...)`, where
   ``path`` is ``"package.module:function"`` and ``function(prompts, answers) -> scores``
+* ``pairwise_callable``: `PairwiseCallableJudge(load_callable(path), name=...)`, where
+  ``function(prompts, a, b) -> P(a > b)``
 
 A spec is ``{"kind": ..., **options}``; ``build_judge(spec, context={"world": world})`` hands a
 kind the provider objects it declares in `JudgeKind.context` as keyword arguments, never as
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from stagealign import plugins
-from stagealign.judges.base import CallableJudge, Judge, load_callable
+from stagealign.judges.base import CallableJudge, Judge, PairwiseCallableJudge, load_callable
 
 Text = Literal["any", "real", "testbed"]
 #: Which providers' text each scope can judge: a run's provider -> the scopes that fit it.
@@ -74,12 +76,18 @@ def _callable_judge(path: str, name: str | None = None, temperature: float = 1.0
     return CallableJudge(load_callable(path), name=name, temperature=temperature)
 
 
+def _pairwise_callable_judge(path: str, name: str | None = None) -> PairwiseCallableJudge:
+    """The ``pairwise_callable`` kind: a user's ``module:function`` giving P(a > b) for (prompts, a, b)."""
+    return PairwiseCallableJudge(load_callable(path), name=name)
+
+
 _BUILTIN = (
     JudgeKind("reward_model", "stagealign.judges.reward_model:RewardModelJudge", pairwise_only=False, text="real",
               aliases={"path": "path_or_name"}, batch_size=True, temperature=True),
     JudgeKind("pairrm", "stagealign.judges.pairrm:PairRMJudge", pairwise_only=True, text="real", batch_size=True),
     JudgeKind("openai", "stagealign.judges.llm_api:OpenAIJudge", pairwise_only=True, text="real", path_key="model"),
     JudgeKind("callable", _callable_judge, pairwise_only=False, temperature=True),
+    JudgeKind("pairwise_callable", _pairwise_callable_judge, pairwise_only=True),
 )
 
 

@@ -1,8 +1,16 @@
 """Hugging Face sequence-classification reward models as scalar judges.
 
-A reward model here is any checkpoint that `AutoModelForSequenceClassification` loads with exactly
-one output (``num_labels == 1``); ``logits[:, 0]`` is the score. The judge always uses the reward
-model's *own* tokenizer (never the policy's):
+A reward model here is any checkpoint that `AutoModelForSequenceClassification` loads. Which number
+is the score:
+
+* by default the model's only output: ``logits[:, 0]`` of a head with ``num_labels == 1``;
+* ``head: k``: column ``k`` of the logits of a multi-output head (``num_labels > 1``);
+* ``output: name``: the field ``name`` of the model's output object, for custom heads whose
+  preference score is not the logits (ArmoRM's gated mixture of 19 objectives is
+  ``outputs.score``; its code needs ``trust_remote_code: true``, which stays the user's choice);
+  ``head`` then picks a column of that field when it has several.
+
+The judge always uses the reward model's *own* tokenizer (never the policy's):
 
 * when that tokenizer has a chat template, the text is the template rendered over
   ``[{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]`` and is
@@ -16,7 +24,7 @@ tokens are located through the fast tokenizer's offset mapping; with a slow toke
 the whole sequence is cut from the left, keeping its leading special tokens.
 
 Batches are sorted by length (less padding), right-padded, scored under ``torch.inference_mode``
-and returned in the input order.
+and returned in the input order. Where the score is read: see `RewardModelJudge.pad_id_for`.
 """
 
 from __future__ import annotations
@@ -57,7 +65,8 @@ def resolve_device(device: Any) -> str:
 
 
 class RewardModelJudge(Judge):
-    """Scalar judge backed by a Hugging Face sequence-classification reward model (one logit)."""
+    """Scalar judge backed by a Hugging Face sequence-classification reward model (see the module doc
+    for which output is the score: the only logit, `head`, or `output`)."""
 
     def __init__(
         self,
@@ -70,6 +79,8 @@ class RewardModelJudge(Judge):
         temperature: float = 1.0,
         trust_remote_code: bool = False,
         name: str | None = None,
+        output: str | None = None,
+        head: int | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -77,6 +88,12 @@ class RewardModelJudge(Judge):
             raise ValueError(f"max_length must be >= 2, got {max_length}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if output is not None and not (isinstance(output, str) and output.isidentifier()):
+            raise ValueError(f"output must name a field of the model's output (e.g. 'score'), got {output!r}")
+        if head is not None and (isinstance(head, bool) or not isinstance(head, int) or head < 0):
+            raise ValueError(f"head must be a column index >= 0 (e.g. 0), got {head!r}")
+        self.output = output
+        self.head = head
         self.path = str(path_or_name)
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
@@ -108,9 +125,7 @@ class RewardModelJudge(Judge):
             raise ValueError(
                 f"{self.path!r} is not a sequence-classification reward model (architectures={archs}); "
                 "a reward model needs a scalar head (e.g. ...ForSequenceClassification with num_labels=1)")
-        if getattr(config, "num_labels", None) != 1:
-            raise ValueError(f"{self.path!r} has num_labels={getattr(config, 'num_labels', None)}; "
-                             "a reward model must have exactly one output (num_labels=1)")
+        self._check_head(getattr(config, "num_labels", None))
         kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": trust_remote_code,
                                   "output_loading_info": True}
         if dtype is not None:
@@ -129,20 +144,58 @@ class RewardModelJudge(Judge):
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"cannot load the reward model's own tokenizer from {self.path!r}: {exc}") from None
-        if tokenizer.pad_token_id is None:
-            if tokenizer.eos_token is None:
-                raise ValueError(f"tokenizer of {self.path!r} has neither a pad nor an eos token")
-            tokenizer.pad_token = tokenizer.eos_token
-        # HF sequence classifiers pool at the last token that is not the *config's* pad id, so
-        # the config must have one (batches > 1) and padding must use that very id.
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        for cfg in (model.config, text_config):
-            if getattr(cfg, "pad_token_id", None) is None:
-                cfg.pad_token_id = tokenizer.pad_token_id
-        self._pad_id = int(text_config.pad_token_id)
+        self._configs = (model.config, text_config)
+        own = getattr(text_config, "pad_token_id", None)
+        own = own if own is not None else tokenizer.pad_token_id
+        self._own_pad = None if own is None else int(own)  # None: the checkpoint defines no pad token
+        if self._own_pad is not None:
+            self._set_pad(self._own_pad)
         model.to(self.device)
         model.eval()
         return model, tokenizer
+
+    def _check_head(self, num_labels) -> None:
+        """Refuse, in one line, a head that cannot give one score: several logits and nothing saying
+        which is the score, or a `head` beyond the logits. With `output` the logits are not read."""
+        if self.output is not None:
+            return
+        if self.head is None and num_labels != 1:
+            raise ValueError(
+                f"{self.path!r} has num_labels={num_labels}: name the score with the judge option `head: <column>` "
+                "(0..num_labels-1) or `output: <field>` (a field of the model's output, e.g. ArmoRM's `score`)")
+        if self.head is not None and isinstance(num_labels, int) and self.head >= num_labels:
+            raise ValueError(f"judge option head: {self.head} is out of range: {self.path!r} has "
+                             f"num_labels={num_labels} (heads 0..{num_labels - 1})")
+
+    def _set_pad(self, pad_id: int) -> None:
+        """Make `pad_id` the pad id the model's pooling looks for (top-level and text config: HF reads
+        the text config's, older and custom heads such as ArmoRM's read the top-level one)."""
+        for cfg in self._configs:
+            cfg.pad_token_id = pad_id
+
+    def pad_id_for(self, rows: list[list[int]]) -> int:
+        """The id a batch of `rows` is right-padded with, set as the model's pad id for its forward.
+
+        HF's sequence-classification heads read the score at the last token that is not the
+        config's pad id (transformers 5: the rightmost non-pad token; 4.x and custom heads such as
+        ArmoRM's: the token before the first pad). A checkpoint that defines a pad token (tokenizer
+        or config) keeps it: the head was trained pooling on that id. One that defines none used
+        to be padded with EOS, as such tokenizers are usually patched; then a text ending in EOS
+        (most chat templates) was scored at the token before its EOS, and with an EOS per turn,
+        under the first-pad rule, at the end of the first turn. Instead each such batch is padded
+        with an id that occurs in none of its rows: under both rules the score is then read at the
+        last attention-mask token of every row, the same as scoring the row alone without padding.
+        The padding id's embedding never reaches a real token (right padding, masked out).
+        """
+        if self._own_pad is not None:
+            return self._own_pad
+        used = set().union(*rows)
+        free = next((i for i in range(len(self.tokenizer)) if i not in used), None)
+        if free is None:
+            raise ValueError(f"reward model {self.path!r}: no token id is free to pad this batch with")
+        self._set_pad(free)
+        return free
 
     # ------------------------------------------------------------------ encoding
     def _render(self, prompt: str, answer: str) -> tuple[str, bool]:
@@ -208,10 +261,10 @@ class RewardModelJudge(Judge):
             return out
         encoded = [self.encode(p, a) for p, a in zip(prompts, answers)]
         order = sorted(range(n), key=lambda i: len(encoded[i]), reverse=True)
-        pad_id = self._pad_id
         with torch.inference_mode():
             for b in range(0, n, self.batch_size):
                 idx = order[b:b + self.batch_size]
+                pad_id = self.pad_id_for([encoded[i] for i in idx])
                 width = max(len(encoded[i]) for i in idx)
                 input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
                 attention = torch.zeros((len(idx), width), dtype=torch.long)
@@ -219,10 +272,36 @@ class RewardModelJudge(Judge):
                     ids = encoded[i]
                     input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
                     attention[r, :len(ids)] = 1
-                logits = self.model(input_ids=input_ids.to(self.device),
-                                    attention_mask=attention.to(self.device)).logits
-                if logits.ndim != 2 or logits.shape[-1] != 1:
-                    raise ValueError(f"reward model {self.path!r} returned logits of shape "
-                                     f"{tuple(logits.shape)}; expected (batch, 1)")
-                out[idx] = logits[:, 0].float().cpu().numpy()
+                outputs = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device))
+                out[idx] = self._pick(outputs, len(idx)).float().cpu().numpy()
         return out
+
+    def _pick(self, outputs, batch: int):
+        """The score of each row of a forward pass: the field `output` (default `logits`), then its
+        column `head` (default: its only column); one clear line when the model gives no such thing."""
+        import torch
+
+        field = self.output or "logits"
+        value = getattr(outputs, field, None)
+        if value is None and isinstance(outputs, dict):
+            value = outputs.get(field)
+        if not isinstance(value, torch.Tensor):
+            fields = ", ".join(outputs) if isinstance(outputs, dict) else type(outputs).__name__
+            raise ValueError(f"reward model {self.path!r} has no output field {field!r} (judge option output); "
+                             f"its output has: {fields}")
+        if value.ndim == 2 and value.shape[0] == batch:
+            if self.head is None and value.shape[1] != 1:
+                raise ValueError(f"reward model {self.path!r} returned {field} of shape {tuple(value.shape)}; "
+                                 "choose the score's column with the judge option head")
+            column = 0 if self.head is None else self.head
+            if column >= value.shape[1]:
+                raise ValueError(f"judge option head: {self.head} is out of range: {field} of {self.path!r} "
+                                 f"has {value.shape[1]} columns")
+            return value[:, column]
+        if value.ndim == 1 and value.shape[0] == batch:
+            if self.head not in (None, 0):
+                raise ValueError(f"judge option head: {self.head} is out of range: {field} of {self.path!r} "
+                                 "is one score per row")
+            return value
+        raise ValueError(f"reward model {self.path!r} returned {field} of shape {tuple(value.shape)}; "
+                         f"expected ({batch},) or ({batch}, columns)")

@@ -17,6 +17,13 @@ from stagealign.testbed.policies import initial_policy_dir
 from stagealign.testbed.world import World
 
 
+#: Every iteration trains on all of the world's training prompts. The world draws prompts from a
+#: small space (families x modifier pairs), so a chunk per iteration would only halve the data of
+#: each iteration without showing the policy anything new in kind; and the recorded results
+#: (README, bench/results) were made this way. `data.iteration_prompts=disjoint` gives chunks.
+ITERATION_PROMPTS = "same"
+
+
 def build(cfg, log) -> Provider:
     world = World(cfg.world)
     split = {s: [Prompt(prompt_id(t), t) for t in world.prompts(s)] for s in ("train", "probe", "eval")}
@@ -28,7 +35,8 @@ def build(cfg, log) -> Provider:
     judge = registry.build_judge(registry.spec_from_config(cfg.judge), context={"world": world})
     return Provider(train=split["train"], probe=split["probe"], eval=split["eval"], pool=pool,
                     judge=CachedJudge(judge), truth=truth,
-                    initial_policy=str(initial_policy_dir(world, cfg.policy.testbed, log=log)), skipped={})
+                    initial_policy=str(initial_policy_dir(world, cfg.policy.testbed, log=log)), skipped={},
+                    iteration_prompts=ITERATION_PROMPTS)
 
 
 def static_pool(world: World, prompts: list[Prompt]) -> dict[str, CandidateSet]:
@@ -69,4 +77,4 @@ def dry_run(cfg):
     return DryRunPlan(lines=lines, errors=errors, train_prompts=n_train,
                       probe_prompts=min(cfg.boundary.probe_prompts, len(world.prompts("probe"))),
                       eval_prompts=min(cfg.data.eval_prompts, len(world.prompts("eval"))),
-                      answers_per_prompt=len(world_cfg.pool))
+                      answers_per_prompt=len(world_cfg.pool), iteration_prompts=ITERATION_PROMPTS)

@@ -23,6 +23,23 @@ replacement from softmax(q * u_x + style_strength * s_writer) (Gumbel top-k), in
 second word of a family phrase after its first with probability `phrase_rate`, and draws its
 length around `length_mean`. Higher q concentrates mass on high-utility words; distinct styles
 make writers' answers differ from each other, which is where the pool's diversity comes from.
+
+Quality gap and coverage gap. With the defaults every content word has non-negligible probability
+under every writer, so a weak policy is worse than the pool only in *quality* (it has the words and
+uses them badly). The coverage knob adds `knowledge_tokens` per family, `k<f>_<j>`, outside the
+content vocabulary:
+         r* += kappa * (#distinct knowledge tokens of x's family in y)
+             - wrong_knowledge_penalty * (#knowledge tokens of other families in y)
+Repeats of knowledge tokens count as repeats; every token counts in the length. A writer knows a
+share `WriterSpec.knowledge` of the families (which ones: drawn from the world seed and the
+writer's name) and never emits a knowledge token of a family it does not know; on a prompt of a
+family it knows it inserts each of the family's tokens with probability `knowledge_rate`. A policy
+SFT'd on a corpus without the knowledge has the tokens in its vocabulary but never in its data, so
+it cannot sample them, while a pool writer that knows them puts them in the static answers: the
+injection stage's coverage gap. Controls: `pool_length_balanced` (all pool writers share one
+length distribution, the answer's total length) and `WriterSpec.repeat_rate` (static answers can
+repeat words too). `World.decompose` splits r* into its parts. Every default keeps the
+quality-gap world bit for bit (vocabulary, prompts, rewards, writers' output, fingerprint).
 """
 
 from __future__ import annotations
@@ -53,6 +70,13 @@ class WriterSpec(_Strict):
     phrase_rate: float = Field(0.0, ge=0.0, le=1.0, description="chance to complete a family phrase")
     length_mean: float = Field(6.0, ge=1.0, le=32.0, description="mean answer length in words")
     length_sd: float = Field(1.5, ge=0.0, le=8.0)
+    knowledge: float = Field(0.0, ge=0.0, le=1.0, description="share of families whose knowledge tokens the "
+                             "writer knows (which ones: drawn from the world seed and the writer's name); "
+                             "it never emits a knowledge token of a family it does not know")
+    knowledge_rate: float = Field(0.8, ge=0.0, le=1.0, description="on a prompt of a family it knows, the chance "
+                                  "to insert each of the family's knowledge tokens (at a random position)")
+    repeat_rate: float = Field(0.0, ge=0.0, le=1.0, description="chance that a written word (after the first) "
+                               "is replaced by a repeat of an earlier word of the answer")
 
 
 class PolicySpec(_Strict):
@@ -123,6 +147,15 @@ class WorldConfig(_Strict):
                               "samples is the paper's controlled single-source pool (quality without diversity)")
     policies: dict[str, PolicySpec] = Field(default_factory=_default_policies)
     model: ModelSpec = Field(default_factory=ModelSpec)
+    # ---- coverage knob (defaults: no knowledge tokens, the quality-gap world) ----
+    knowledge_tokens: int = Field(0, ge=0, le=64, description="knowledge tokens per family (k<f>_<j>), outside "
+                                  "the content vocabulary; 0 = none (vocabulary and tokenizer unchanged)")
+    kappa: float = Field(0.0, ge=0.0, le=5.0, description="reward per distinct knowledge token of the prompt's family")
+    wrong_knowledge_penalty: float = Field(0.5, ge=0.0, le=5.0, description="cost per knowledge token of "
+                                           "another family")
+    pool_length_balanced: bool = Field(False, description="control: every pool writer draws its answer's total "
+                                       "length from one shared distribution (mean and sd averaged over the "
+                                       "pool's writers), phrases and knowledge tokens included")
 
     @model_validator(mode="after")
     def _check(self) -> "WorldConfig":
@@ -133,6 +166,8 @@ class WorldConfig(_Strict):
             raise ValueError("target_len must not exceed max_answer_words")
         if self.n_phrases * 2 > self.n_words:
             raise ValueError("n_phrases * 2 must not exceed n_words")
+        if self.knowledge_tokens >= self.max_answer_words:
+            raise ValueError("knowledge_tokens must be below max_answer_words (they are answer tokens)")
         need = sum(SCALES[self.scale].values())
         have = self.n_families * self.n_modifiers * (self.n_modifiers - 1)
         if need > have:
@@ -145,8 +180,23 @@ class WorldConfig(_Strict):
         """Hash of everything that shapes the world's initial policies (their cache key): the scale
         is part of it because the SFT corpora are drawn from the scale's training prompts; the
         static pool is not, since no policy is trained on it."""
-        blob = json.dumps(self.model_dump(exclude={"pool", "pool_samples"}), sort_keys=True)
+        dump = self.model_dump(exclude={"pool", "pool_samples", "pool_length_balanced"})
+        # the coverage knob's fields enter the key only when set away from their defaults, so the
+        # worlds (and cached policies) made before the knob existed keep their fingerprint
+        for key, default in _KNOB_WORLD_DEFAULTS.items():
+            if dump[key] == default:
+                del dump[key]
+        for spec in dump["policies"].values():
+            for key, default in _KNOB_WRITER_DEFAULTS.items():
+                if spec["corpus"][key] == default:
+                    del spec["corpus"][key]
+        blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_KNOB_WORLD_DEFAULTS = {k: WorldConfig.model_fields[k].default
+                        for k in ("knowledge_tokens", "kappa", "wrong_knowledge_penalty")}
+_KNOB_WRITER_DEFAULTS = {k: WriterSpec.model_fields[k].default for k in ("knowledge", "knowledge_rate", "repeat_rate")}
 
 
 @dataclass
@@ -169,8 +219,18 @@ class World:
         return [f"m{i}" for i in range(self.cfg.n_modifiers)]
 
     @cached_property
+    def knowledge(self) -> list[list[str]]:
+        """Knowledge tokens per family: `knowledge[f]` = ["k<f>_0", ...] (empty by default)."""
+        return [[f"k{f}_{j}" for j in range(self.cfg.knowledge_tokens)] for f in range(self.cfg.n_families)]
+
+    @cached_property
+    def _knowledge_family(self) -> dict[str, int]:
+        return {t: f for f, toks in enumerate(self.knowledge) for t in toks}
+
+    @cached_property
     def vocab(self) -> list[str]:
-        return list(SPECIAL_TOKENS.values()) + [SEP] + self.families + self.modifiers + self.words
+        return (list(SPECIAL_TOKENS.values()) + [SEP] + self.families + self.modifiers + self.words
+                + [t for toks in self.knowledge for t in toks])
 
     @cached_property
     def _word_index(self) -> dict[str, int]:
@@ -191,6 +251,15 @@ class World:
         """A writer's word bias: fixed per writer name, independent of the world's utilities."""
         h = int(hashlib.sha256(f"{self.cfg.seed}:{writer.name}".encode()).hexdigest()[:8], 16)
         return np.random.default_rng(h).normal(size=self.cfg.n_words)
+
+    def known_families(self, writer: WriterSpec) -> set[int]:
+        """The families whose knowledge tokens a writer knows: round(knowledge * n_families) of them,
+        fixed per world seed and writer name (independent of its style and of the world's draws)."""
+        n = int(round(writer.knowledge * self.cfg.n_families))
+        if n == 0 or not self.cfg.knowledge_tokens:
+            return set()
+        h = int(hashlib.sha256(f"{self.cfg.seed}:{writer.name}:knowledge".encode()).hexdigest()[:8], 16)
+        return set(np.random.default_rng(h).permutation(self.cfg.n_families)[:n].tolist())
 
     def parse_prompt(self, prompt: str) -> tuple[int, list[int]]:
         toks = prompt.split()
@@ -236,21 +305,41 @@ class World:
                 (combos[k] for k in idx)]
 
     # ---- ground truth -----------------------------------------------------------------
-    def reward(self, prompt: str, answer: str) -> float:
+    def decompose(self, prompt: str, answer: str) -> dict[str, float]:
+        """r*(x, y) split into its signed parts, in the order `reward` adds them (their sum is r*):
+        utility (distinct content words' utilities / target_len), phrase (bonus for the family's
+        phrases), repetition (repeated content words and knowledge tokens), length (distance to
+        target_len, all tokens counted), invalid (tokens that are neither content words nor
+        knowledge tokens), knowledge (kappa per distinct right knowledge token) and wrong_knowledge
+        (penalty per knowledge token of another family)."""
         c = self.cfg
         u = self.utilities(prompt)
         toks = answer.split()
         idx = [self._word_index[t] for t in toks if t in self._word_index]
-        invalid = len(toks) - len(idx)
+        know = [t for t in toks if t in self._knowledge_family]
+        invalid = len(toks) - len(idx) - len(know)
         distinct = set(idx)
-        repeats = len(idx) - len(distinct)
-        r = float(u[list(distinct)].sum()) / c.target_len if distinct else 0.0
+        repeats = len(idx) - len(distinct) + len(know) - len(set(know))
+        fam = self.parse_prompt(prompt)[0]
+        right = {t for t in know if self._knowledge_family[t] == fam}
+        wrong = sum(self._knowledge_family[t] != fam for t in know)
+        parts = {"utility": float(u[list(distinct)].sum()) / c.target_len if distinct else 0.0}
         if c.n_phrases:
             bigrams = set(zip(toks, toks[1:]))
-            r += c.phrase_bonus * sum((a, b) in bigrams for a, b in self.phrases(prompt))
-        r -= c.repeat_penalty * repeats
-        r -= c.length_penalty * abs(len(toks) - c.target_len)
-        r -= c.invalid_penalty * invalid
+            parts["phrase"] = c.phrase_bonus * sum((a, b) in bigrams for a, b in self.phrases(prompt))
+        else:
+            parts["phrase"] = 0.0
+        parts["repetition"] = -(c.repeat_penalty * repeats)
+        parts["length"] = -(c.length_penalty * abs(len(toks) - c.target_len))
+        parts["invalid"] = -(c.invalid_penalty * invalid)
+        parts["knowledge"] = c.kappa * len(right)
+        parts["wrong_knowledge"] = -(c.wrong_knowledge_penalty * wrong)
+        return parts
+
+    def reward(self, prompt: str, answer: str) -> float:
+        r = 0.0
+        for i, v in enumerate(self.decompose(prompt, answer).values()):
+            r = v if i == 0 else r + v  # left to right, as the parts were always added (x - y == x + -y)
         return r
 
     def rewards(self, prompts: list[str], answers: list[str]) -> np.ndarray:
@@ -261,17 +350,19 @@ class World:
         best n. Not guaranteed optimal; used by `world show` to show what good looks like."""
         u = self.utilities(prompt)
         ranked = [self.words[i] for i in np.argsort(-u)]
+        know = self.knowledge[self.parse_prompt(prompt)[0]] if self.cfg.kappa > 0 else []
         best, best_r = "", -np.inf
-        for n in range(1, self.cfg.max_answer_words + 1):
-            words = ranked[:n]
-            for a, b in self.phrases(prompt):
-                if a in words and b in words:
-                    words.remove(b)
-                    words.insert(words.index(a) + 1, b)
-            ans = " ".join(words)
-            r = self.reward(prompt, ans)
-            if r > best_r:
-                best, best_r = ans, r
+        for extra in ([[]] + ([know] if know else [])):
+            for n in range(1, self.cfg.max_answer_words - len(extra) + 1):
+                words = ranked[:n]
+                for a, b in self.phrases(prompt):
+                    if a in words and b in words:
+                        words.remove(b)
+                        words.insert(words.index(a) + 1, b)
+                ans = " ".join(extra + words)
+                r = self.reward(prompt, ans)
+                if r > best_r:
+                    best, best_r = ans, r
         return best, best_r
 
     # ---- writers ----------------------------------------------------------------------
@@ -279,18 +370,41 @@ class World:
         """`n` answers per prompt from a writer (pool model or SFT corpus)."""
         c = self.cfg
         style = self._style(writer)
+        known = self.known_families(writer)
+        balanced = c.pool_length_balanced and any(w.name == writer.name for w in c.pool)
+        length_mean, length_sd = ((float(np.mean([w.length_mean for w in c.pool])),
+                                   float(np.mean([w.length_sd for w in c.pool]))) if balanced
+                                  else (writer.length_mean, writer.length_sd))
         out: list[list[str]] = []
         for p in prompts:
             logits = writer.quality * self.utilities(p) + writer.style_strength * style
             phrases = self.phrases(p)
+            fam = self.parse_prompt(p)[0]
+            know = self.knowledge[fam] if fam in known else []
             answers = []
             for _ in range(n):
-                length = int(np.clip(round(rng.normal(writer.length_mean, writer.length_sd)), 1, c.max_answer_words))
+                length = int(np.clip(round(rng.normal(length_mean, length_sd)), 1, c.max_answer_words))
                 g = logits + rng.gumbel(size=logits.shape)
                 words = [self.words[i] for i in np.argsort(-g)[:length]]
+                if writer.repeat_rate > 0:  # (no draw at the default 0: writers' output unchanged)
+                    for i in range(1, len(words)):
+                        if rng.random() < writer.repeat_rate:
+                            words[i] = words[int(rng.integers(0, i))]
                 for a, b in phrases:
                     if a in words and b not in words and rng.random() < writer.phrase_rate:
                         words.insert(words.index(a) + 1, b)
+                for t in know:
+                    if rng.random() < writer.knowledge_rate:
+                        words.insert(int(rng.integers(0, len(words) + 1)), t)
+                if balanced:  # the total length is the drawn one: drop plain content words from the end
+                    bigrams = set(zip(words, words[1:]))
+                    keep = set(know) | {x for ab in phrases if ab in bigrams for x in ab}
+                    i = len(words) - 1
+                    while len(words) > length and i >= 0:
+                        if words[i] not in keep:
+                            del words[i]
+                        i -= 1
+                    words = words[:length]
                 answers.append(" ".join(words[: c.max_answer_words]))
             out.append(answers)
         return out

@@ -12,13 +12,15 @@ import torch
 from transformers import TrainerCallback
 
 
-def trainer_kwargs(*, seed: int, report_to: str, output_dir: str) -> dict[str, Any]:
+def trainer_kwargs(*, seed: int, report_to: str, output_dir: str, checkpointing: bool = False) -> dict[str, Any]:
     """Arguments every TRL config here gets.
 
     bf16 stays off on CPU (AVX2 CPUs emulate it slowly and TRL defaults it on); checkpoints
     are not written by the Trainer because the pipeline saves the finished model atomically
     itself and resumes at stage granularity. TensorBoard logs land in `output_dir/runs/`
     (transformers 5 takes the directory from there or from $TENSORBOARD_LOGGING_DIR).
+    Activation checkpointing is off unless asked for (`training.gradient_checkpointing`): TRL
+    turns it on by default, but for tiny and CPU models recomputation only costs time.
     """
     cuda = torch.cuda.is_available()
     kw: dict[str, Any] = dict(
@@ -32,7 +34,7 @@ def trainer_kwargs(*, seed: int, report_to: str, output_dir: str) -> dict[str, A
         report_to=[] if report_to == "none" else [report_to],
         logging_steps=5,
         disable_tqdm=True,
-        **checkpointing_arg(False),  # tiny and CPU models: recomputation only costs time
+        **checkpointing_arg(checkpointing),
         dataloader_num_workers=0,
         logging_nan_inf_filter=False,  # the default hides NaN/inf step losses from the logs we check
     )

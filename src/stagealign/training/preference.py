@@ -15,12 +15,14 @@ anchored to, policy k; with merged checkpoints that is "load a causal LM" in eve
 (generation, boundary score, evaluation, the next LoRA on top), one code path, and other tools read
 the checkpoint without PEFT. Stacking k adapters instead would make every loader PEFT-aware and the
 reference of iteration k+1 "base + adapters 1..k", for no saving once the model is re-anchored
-anyway. Cost: the merged weights are stored in the policy's dtype, so an update smaller than half
-a unit in the last place of a bfloat16 weight is rounded away (`policy.dtype: float32` keeps it).
+anyway. The merge is done in float32 and saved so (`policy.merge_adapter`: in bfloat16 an update
+below half a unit in the last place of a weight would be rounded away). LoRA under DeepSpeed ZeRO-3
+is refused before training (`distributed.refuse_lora_under_zero3`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from trl import DPOTrainer as TRLDPOTrainer
 from trl.data_utils import common_prefix_length
 
 from stagealign.config import LoraSettings, TrainingConfig
-from stagealign.distributed import shared_dataset
+from stagealign.distributed import refuse_lora_under_zero3, shared_dataset
 from stagealign.policy import Policy, merge_adapter
 from stagealign.training.common import (FiniteLossCallback, ProgressCallback, quiet_libraries, trainer_kwargs,
                                         warmup_arg)
@@ -136,15 +138,23 @@ class TrainResult:
 def to_trl_rows(policy: Policy, rows: list[dict]) -> list[dict]:
     """Pairs in the format TRL tokenises the same way the policy was prompted.
 
-    Chat models get conversational rows (TRL applies the chat template); plain models get the
-    formatted prompt string and the answer with a leading space.
+    Chat models get conversational rows (TRL applies the chat template) over the prompt's whole
+    conversation (a row's optional ``messages``: system prompt and earlier turns), or its text as
+    one user turn; a prompt already written in a chat template stays a string and the answer
+    follows its generation prompt directly. Plain models get the formatted prompt string and the
+    answer with a leading space.
     """
-    if policy.uses_chat_template:
-        return [{"prompt": [{"role": "user", "content": r["prompt"]}],
-                 "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                 "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
-    return [{"prompt": policy.format(r["prompt"]), "chosen": " " + r["chosen"], "rejected": " " + r["rejected"]}
-            for r in rows]
+    return [_trl_row(policy, r) for r in rows]
+
+
+def _trl_row(policy: Policy, r: dict) -> dict:
+    prompt = r.get("messages") or r["prompt"]
+    if policy.uses_chat_template and not (isinstance(prompt, str) and policy.is_templated(prompt)):
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        return {"prompt": turns, "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+    sep = "" if policy.uses_chat_template else " "
+    return {"prompt": policy.format(prompt), "chosen": sep + r["chosen"], "rejected": sep + r["rejected"]}
 
 
 def lora_config(settings: LoraSettings):
@@ -157,6 +167,70 @@ def lora_config(settings: LoraSettings):
     return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=targets if isinstance(targets, str) else list(targets),
                       task_type="CAUSAL_LM", bias="none")
+
+
+def loss_beta(cfg: TrainingConfig) -> float:
+    """The `beta` TRL's loss takes: IPO's tau under method ipo (`training.ipo_tau`, default beta),
+    DPO's beta, SLiC-HF's 1 / margin."""
+    return cfg.ipo_tau if cfg.method == "ipo" and cfg.ipo_tau is not None else cfg.beta
+
+
+def dpo_config(policy: Policy, cfg: TrainingConfig, *, seed: int, work_dir: Path, report_to: str = "none") -> DPOConfig:
+    """TRL's arguments for one training stage, every one taken from the run config's `training:`.
+
+    Scheduler, warmup and activation checkpointing go through `common.py`'s helpers, which pick
+    the installed transformers' argument names. `max_length` truncates prompt + answer from the
+    end (TRL 1.x's only truncation mode, `keep_start`, and it has no separate prompt limit); TRL
+    drops a pair whose prompt alone fills it, and `train_preference` counts those.
+    """
+    return DPOConfig(
+        loss_type=[METHOD_LOSS[cfg.method]],
+        beta=loss_beta(cfg),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        **warmup_arg(cfg.warmup_ratio),
+        lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay,
+        max_length=cfg.max_length,
+        truncation_mode="keep_start",
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        precompute_ref_batch_size=cfg.precompute_batch_size,
+        **{**trainer_kwargs(seed=seed, report_to=report_to, output_dir=str(work_dir / "trainer"),
+                            checkpointing=cfg.gradient_checkpointing),
+           **({"bf16": True} if cpu_bf16_autocast(policy.model) else {}),
+           **checkpoint_args(cfg.save_steps)},
+    )
+
+
+def checkpoint_args(save_steps: int | None) -> dict:
+    """Trainer checkpoints every `save_steps` steps, the last one kept (model, optimizer,
+    scheduler and RNG states: what `Trainer.train(resume_from_checkpoint=...)` restores)."""
+    if save_steps is None:
+        return {}
+    return {"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1, "save_only_model": False}
+
+
+def last_checkpoint(work_dir: Path) -> Path | None:
+    """The newest complete checkpoint of an interrupted training stage, if any. The Trainer writes
+    `trainer_state.json` last, so a checkpoint without it was cut short by the kill."""
+    found = [p for p in (work_dir / "trainer").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
+def reference_model(ref_policy: Policy | None):
+    """The `ref_model` handed to TRL: only an explicit other checkpoint (`training.reference:
+    initial` after the first iteration), never a copy of the policy being trained.
+
+    With None, TRL needs no second model in memory: under LoRA the reference is the same network
+    with the adapter disabled (the iteration's starting policy, exactly); in full fine-tuning with
+    `precompute_ref_log_probs` it is the policy itself, scored once before its first step. Only
+    full fine-tuning without precomputation makes TRL load a copy (from the checkpoint's path).
+    """
+    return ref_policy.model if ref_policy is not None else None
 
 
 def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, seed: int, work_dir: Path,
@@ -173,23 +247,11 @@ def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, s
 
     if not rows:
         raise ValueError(f"{where}: no preference pairs to train on")
-    args = DPOConfig(
-        loss_type=[METHOD_LOSS[cfg.method]],
-        beta=cfg.beta,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_grad_norm=cfg.max_grad_norm,
-        **warmup_arg(cfg.warmup_ratio),
-        weight_decay=cfg.weight_decay,
-        max_length=cfg.max_length,
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        precompute_ref_batch_size=max(cfg.batch_size, 64),
-        lr_scheduler_type="linear",
-        **{**trainer_kwargs(seed=seed, report_to=report_to, output_dir=str(work_dir / "trainer")),
-           **({"bf16": True} if cpu_bf16_autocast(policy.model) else {})},
-    )
+    try:
+        refuse_lora_under_zero3(lora)  # first: the trainer's arguments already need DeepSpeed
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    args = dpo_config(policy, cfg, seed=seed, work_dir=work_dir, report_to=report_to)
     callbacks = [FiniteLossCallback(where)]
     if progress is not None:
         callbacks.append(ProgressCallback(progress))
@@ -202,7 +264,7 @@ def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, s
             raise ValueError(f"{where}: {exc}") from None
     trainer = DPOTrainer(
         model=policy.model,
-        ref_model=ref_policy.model if ref_policy is not None else None,
+        ref_model=reference_model(ref_policy),
         args=args,
         train_dataset=shared_dataset(Dataset.from_list(to_trl_rows(policy, rows)), work_dir / "train_dataset"),
         processing_class=policy.tokenizer,
@@ -210,8 +272,10 @@ def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, s
         peft_config=peft_config,
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar and log replace its prints
+    dropped = _dropped_pairs(len(rows), trainer, cfg, where)
+    resume = last_checkpoint(work_dir) if cfg.save_steps else None
     t0 = time.perf_counter()
-    out = trainer.train()
+    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if peft_config is not None:
@@ -223,5 +287,18 @@ def train_preference(policy: Policy, rows: list[dict], cfg: TrainingConfig, *, s
         steps=int(out.global_step), pairs=len(rows), seconds=seconds,
         final_loss=float(history[-1]["loss"]) if history else float(out.training_loss),
         metrics={"train_loss": float(out.training_loss), "log_history": trainer.state.log_history,
-                 "trainable_params": int(trainable), "lora": lora is not None, "bf16": bool(args.bf16)},
+                 "trainable_params": int(trainable), "lora": lora is not None, "bf16": bool(args.bf16),
+                 "dropped_prompt_too_long": dropped,
+                 "resumed_from_step": int(resume.name.split("-")[-1]) if resume else None},
     )
+
+
+def _dropped_pairs(given: int, trainer, cfg: TrainingConfig, where: str) -> int:
+    """Pairs TRL left out because their prompt alone fills `training.max_length` (no answer token
+    would be left to train on); logged, since TRL drops them silently."""
+    dropped = given - len(trainer.train_dataset)
+    if dropped:
+        logging.getLogger(__name__).warning(
+            "%s: %d of %d pairs dropped: their prompt alone fills training.max_length=%s tokens", where, dropped,
+            given, cfg.max_length)
+    return dropped
