@@ -16,7 +16,8 @@ import tiny_hf
 from conftest import tiny_config
 from stagealign.config import EvalConfig, GenerationConfig, load_config
 from stagealign.data.schema import Prompt
-from stagealign.evaluate import evaluate, headline
+from stagealign.evaluate import evaluate
+from stagealign.headline import headline
 from stagealign.grid import grid_metrics, load_grid_config, run_grid
 from stagealign.judges.base import Judge
 from stagealign.pipeline import Run

@@ -38,7 +38,8 @@ from stagealign.config import OnPolicyFile, RunConfig, dump_config
 from stagealign.data.pairs import make_pairs, score_sets
 from stagealign.data.pool import load_onpolicy_candidates
 from stagealign.data.schema import CandidateSet, PreferencePair
-from stagealign.evaluate import evaluate, headline, metric_label
+from stagealign.evaluate import evaluate
+from stagealign.headline import headline, metric_label
 from stagealign.exports import export_iteration
 from stagealign.generation import check_backend, generate, vllm
 from stagealign.judges.base import JudgeError

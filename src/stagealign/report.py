@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stagealign import artifacts
 from stagealign.rundir import RunDir
-from stagealign.evaluate import headline, metric_label
+from stagealign.headline import headline, metric_label
 from stagealign.schedule import SHORT, is_adaptive, path_text
 
 

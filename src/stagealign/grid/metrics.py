@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from stagealign import artifacts
-from stagealign.evaluate import headline
+from stagealign.headline import headline
 from stagealign.grid.spec import MANIFEST, METRICS, GridError, path_name
 from stagealign.rundir import RunDir
 from stagealign.schedule import ADAPTIVE, PURE, path_text, short
