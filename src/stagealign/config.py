@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 from stagealign import plugins
 from stagealign.data.formats import Format, field_map
 from stagealign.exports import EvalFormat
+from stagealign.schedule import DEFAULT_RULE
 
 
 class ConfigError(ValueError):
@@ -200,13 +201,21 @@ class BoundaryConfig(_Section):
     sequential: bool = True
     batch_prompts: int = Field(32, ge=1, description="probe prompts per sequential look")
     min_prompts: int = Field(32, ge=1)
+    coverage_eps: float = Field(1e-3, gt=0, lt=1, description="rule coverage: a token below this probability "
+                                "under the policy (at its position in a static answer) is one it cannot sample")
+    coverage_share: float = Field(0.25, gt=0, le=1, description="rule coverage: static next when at least this "
+                                  "share of probe prompts prefer a static answer holding such a token")
 
 
 class ScheduleConfig(_Section):
-    kind: Literal["auto", "static", "onpolicy", "path", "blend"] = "auto"
+    kind: Literal["auto", "static", "onpolicy", "path", "blend", "union", "route"] = "auto"
+    rule: Literal["bs", "bs-hard", "bs-pool", "coverage", "race"] = Field(
+        DEFAULT_RULE, description="what auto decides by (stagealign.schedule: RULES)")
     path: str | None = Field(None, description="explicit path for kind=path, e.g. 'off,on'")
     first: Literal["static", "onpolicy"] = Field("static", description="auto's choice before anything is measured")
     blend_width: float = Field(0.2, gt=0, description="BS distance over which blend ramps from 0 to 1 on-policy")
+    race_share: float = Field(0.05, gt=0, le=0.5, description="rule race: share of the iteration's training "
+                              "prompts each of the two short copies trains on")
 
     @model_validator(mode="after")
     def _path(self) -> "ScheduleConfig":

@@ -7,10 +7,30 @@ per-iteration choice. Kinds:
 
 * ``static`` / ``onpolicy``: fixed baselines, whatever the boundary score says.
 * ``path``: an explicit sequence such as ``off,on``, for the 2^k path grid of the experiments.
-* ``auto``: follow the boundary-score decision; when the decision is "uncertain" keep the
-  previous source, because flipping on noise costs more than it can gain.
+* ``auto``: follow a decision *rule* (``schedule.rule``, see :data:`RULES`) on the measurement of
+  the current policy; when the rule's answer is "uncertain" keep the previous source, because
+  flipping on noise costs more than it can gain.
 * ``blend``: a share of on-policy pairs that ramps linearly with the boundary score (see
   :func:`blend_share`), the reviewers' "can mixing balance diversity and quality?" question.
+* ``union`` / ``route``: data sources that need no decision. ``union`` pairs each prompt's best and
+  worst answer over the static candidates *and* the policy's samples; ``route`` picks, prompt by
+  prompt, the on-policy candidates when the policy's samples beat the static answers there (mean
+  vote >= 1/2) and the static candidates otherwise.
+
+Rules (``auto``'s ``schedule.rule``), all read from the same boundary probe except ``race``:
+
+* ``bs``: the paper's rule, BS >= threshold -> on-policy, with the probe's votes (``boundary.votes``).
+* ``bs-hard``: the same with hard votes (0 / 1/2 / 1) whatever ``boundary.votes`` says. Soft BS moves
+  with the judge's temperature; hard BS does not.
+* ``bs-pool``: BS against a threshold set by the pool itself: the mean win rate of each probe prompt's
+  best static answer against the other static answers (what static pairs teach towards), instead of
+  0.5 (which is "beats the pool's average writer" and moves whenever the pool changes).
+* ``coverage``: static when the pool holds preferred answers the policy cannot sample: the share of
+  probe prompts whose static answer that beats the policy's samples most contains a token the
+  policy gives probability < ``boundary.coverage_eps`` is at least ``boundary.coverage_share``.
+* ``race``: race-and-keep. Train a short copy on each source from the same checkpoint, compare the
+  two head to head on probe prompts with sequential stopping, keep the winner's source (the
+  pipeline runs it; see ``stagealign.race``).
 
 Pure functions with no I/O, so the pipeline, the CLI and the tests can all call them directly.
 """
@@ -22,14 +42,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Choice", "Source", "KINDS", "ADAPTIVE", "PURE", "SHORT", "is_adaptive", "parse_path", "short",
-           "path_text", "blend_share", "choose", "next_choice"]
+__all__ = ["Choice", "Source", "KINDS", "ADAPTIVE", "PURE", "SHORT", "MIXED", "RULES", "DEFAULT_RULE",
+           "is_adaptive", "parse_path", "short", "path_text", "blend_share", "rule_decision", "choose",
+           "next_choice"]
 
-Source = Literal["static", "onpolicy", "blend"]
-Kind = Literal["static", "onpolicy", "path", "auto", "blend"]
-KINDS: tuple[str, ...] = ("static", "onpolicy", "path", "auto", "blend")
+Source = Literal["static", "onpolicy", "blend", "union", "route"]
+Kind = Literal["static", "onpolicy", "path", "auto", "blend", "union", "route"]
+KINDS: tuple[str, ...] = ("static", "onpolicy", "path", "auto", "blend", "union", "route")
 #: kinds whose choice depends on the measured boundary score (they need boundary.enabled)
 ADAPTIVE: tuple[str, ...] = ("auto", "blend")
+#: sources that mix static and on-policy candidates per prompt (every prompt is sampled)
+MIXED: tuple[str, ...] = ("union", "route")
+#: auto's decision rules (module docstring); the measurement each reads is recorded by the probe
+RULES: tuple[str, ...] = ("bs", "bs-hard", "bs-pool", "coverage", "race")
+#: the rule `auto` follows unless `schedule.rule` says otherwise (README, "Which rule auto follows")
+DEFAULT_RULE = "bs"
 _DECISIONS = ("injection", "fine-tuning", "uncertain")
 
 _TOKENS = {
@@ -47,9 +74,10 @@ _TOKENS = {
 class Choice:
     """The data source for one iteration, with the reason recorded next to the run's artifacts.
 
-    ``onpolicy_share`` is the fraction of the iteration's preference pairs built from on-policy
-    candidates: exactly 0 for ``static``, exactly 1 for ``onpolicy``, strictly between for
-    ``blend`` (checked, so a Choice read back from disk cannot contradict itself).
+    ``onpolicy_share`` is the fraction of the iteration's prompts whose candidates include the
+    policy's samples: exactly 0 for ``static``, exactly 1 for ``onpolicy``, ``union`` and ``route``
+    (every prompt is sampled; which pairs ``route`` ends with is in the build stage's counts),
+    strictly between for ``blend`` (checked, so a Choice read back from disk cannot contradict itself).
     """
 
     source: Source
@@ -57,12 +85,12 @@ class Choice:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        if self.source not in ("static", "onpolicy", "blend"):
-            raise ValueError(f"unknown source {self.source!r}; expected static, onpolicy or blend")
+        if self.source not in ("static", "onpolicy", "blend", *MIXED):
+            raise ValueError(f"unknown source {self.source!r}; expected static, onpolicy, blend, union or route")
         share = float(self.onpolicy_share)
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"onpolicy_share must be in [0, 1], got {share}")
-        expected = {"static": 0.0, "onpolicy": 1.0}.get(self.source)
+        expected = {"static": 0.0, "onpolicy": 1.0, "union": 1.0, "route": 1.0}.get(self.source)
         if expected is not None and share != expected:
             raise ValueError(f"source {self.source!r} needs onpolicy_share={expected}, got {share}")
         if self.source == "blend" and share in (0.0, 1.0):
@@ -77,6 +105,33 @@ PURE: tuple[str, ...] = tuple(SHORT)
 
 def is_adaptive(kind: str) -> bool:
     return kind in ADAPTIVE
+
+
+def rule_decision(rule: str, measure: dict, threshold: float) -> tuple[str, str]:
+    """(decision, evidence) of a probe-based rule from a recorded `measure` result: the decision is
+    injection (static next), fine-tuning (on-policy next) or uncertain. ``race`` is not probe-based
+    (the pipeline runs it); the measurement must hold what the rule reads (it names what is missing)."""
+    if rule not in RULES or rule == "race":
+        raise ValueError(f"unknown probe rule {rule!r}; expected one of {', '.join(r for r in RULES if r != 'race')}")
+    need = {"bs": ("decision", "bs"), "bs-hard": ("bs_hard", "bs_hard_lo", "bs_hard_hi"),
+            "bs-pool": ("bs", "lo", "hi", "pool_threshold"), "coverage": ("uncovered", "coverage_share")}[rule]
+    missing = [k for k in need if measure.get(k) is None]
+    if missing:
+        raise ValueError(f"rule {rule!r} needs {', '.join(missing)} in the boundary measurement; it was recorded "
+                         "by an older stagealign: delete the run's measure stages to measure again")
+    if rule == "bs":
+        return measure["decision"], f"BS={measure['bs']:.3f} vs {threshold}"
+    if rule == "bs-hard":
+        lo, hi, t = measure["bs_hard_lo"], measure["bs_hard_hi"], threshold
+        ev = f"hard BS={measure['bs_hard']:.3f} [{lo:.3f}, {hi:.3f}] vs {t}"
+    elif rule == "bs-pool":
+        lo, hi, t = measure["lo"], measure["hi"], measure["pool_threshold"]
+        ev = f"BS={measure['bs']:.3f} [{lo:.3f}, {hi:.3f}] vs the pool's best answer {t:.3f}"
+    else:  # coverage: one-sided by design, a share of prompts against a share (no interval)
+        u, t = measure["uncovered"], measure["coverage_share"]
+        ev = f"{u:.0%} of probe prompts prefer a static answer the policy cannot sample (static at >= {t:.0%})"
+        return ("injection" if u >= t else "fine-tuning"), ev
+    return ("injection" if hi < t else "fine-tuning" if lo > t else "uncertain"), ev
 
 
 def short(source: str, share: float | None = None) -> str:
@@ -151,12 +206,15 @@ def choose(
     threshold: float = 0.5,
     first: str = "static",
     blend_width: float = 0.2,
+    rule: str = "bs",
+    evidence: str | None = None,
 ) -> Choice:
     """The data source for ``iteration`` (1-based) under schedule ``kind``.
 
     ``decision``/``bs`` come from the boundary measurement of the current policy (None when it was
-    not measured); ``previous`` is the previous iteration's Choice (None on the first). ``first``
-    is the fallback for ``auto``/``blend`` when there is nothing measured or nothing to keep.
+    not measured); for ``auto`` the decision is that of ``rule`` and ``evidence`` says what it saw
+    (:func:`rule_decision`). ``previous`` is the previous iteration's Choice (None on the first).
+    ``first`` is the fallback for ``auto``/``blend`` when there is nothing measured or nothing to keep.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown schedule kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -170,6 +228,8 @@ def choose(
 
     if kind in PURE:
         return _pure(kind, f"fixed schedule '{kind}'")
+    if kind in MIXED:
+        return Choice(kind, 1.0, f"fixed source '{kind}'")  # type: ignore[arg-type]
 
     if kind == "path":
         if path is None:
@@ -183,18 +243,19 @@ def choose(
         return _pure(steps[iteration - 1], f"path step {iteration}/{len(steps)}")
 
     if kind == "auto":
+        ev = evidence or bs_txt
         if decision is None:
-            return _pure(first_src, f"auto: boundary {bs_txt}, using first={first_src}")
+            return _pure(first_src, f"auto ({rule}): nothing measured, using first={first_src}")
         if decision == "injection":
-            return _pure("static", f"auto: injection stage ({bs_txt} < {threshold})")
+            return _pure("static", f"auto ({rule}): injection stage ({ev})")
         if decision == "fine-tuning":
-            return _pure("onpolicy", f"auto: fine-tuning stage ({bs_txt} > {threshold})")
+            return _pure("onpolicy", f"auto ({rule}): fine-tuning stage ({ev})")
         if previous is None:
-            return _pure(first_src, f"auto: uncertain ({bs_txt}), first iteration -> {first_src}")
+            return _pure(first_src, f"auto ({rule}): uncertain ({ev}), nothing to keep -> {first_src}")
         return Choice(
             previous.source,
             previous.onpolicy_share,
-            f"auto: uncertain ({bs_txt}), keeping previous {previous.source}",
+            f"auto ({rule}): uncertain ({ev}), keeping previous {previous.source}",
         )
 
     # blend
@@ -212,15 +273,22 @@ def choose(
     return Choice("blend", share, reason)
 
 
-def next_choice(schedule, threshold: float, iteration: int, measure: dict | None, previous: Choice | None) -> Choice:
+def next_choice(schedule, threshold: float, iteration: int, measure: dict | None, previous: Choice | None,
+                race: dict | None = None) -> Choice:
     """The choice for `iteration` from a run's `schedule:` section and its recorded boundary
-    measurement (a `measure` stage result; None or ``measured: false`` when not measured).
+    measurement (a `measure` stage result; None or ``measured: false`` when not measured), or, for
+    ``rule: race``, the race's result (``stagealign.race``; None when there was no race).
 
     The pipeline decides with it, and the grid predicts with it which finished cell a schedule
     will follow, so both always agree.
     """
     measured = bool(measure and measure.get("measured"))
-    return choose(schedule.kind, iteration, measure.get("decision") if measured else None,
-                  measure.get("bs") if measured else None, previous,
+    decision, evidence = (measure.get("decision") if measured else None), None
+    if schedule.kind == "auto" and schedule.rule == "race":
+        decision = race["decision"] if race else None
+        evidence = race["evidence"] if race else None
+    elif schedule.kind == "auto" and measured:
+        decision, evidence = rule_decision(schedule.rule, measure, threshold)
+    return choose(schedule.kind, iteration, decision, measure.get("bs") if measured else None, previous,
                   path=parse_path(schedule.path) if schedule.path else None, threshold=threshold,
-                  first=schedule.first, blend_width=schedule.blend_width)
+                  first=schedule.first, blend_width=schedule.blend_width, rule=schedule.rule, evidence=evidence)

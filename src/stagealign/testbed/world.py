@@ -179,8 +179,12 @@ class WorldConfig(_Strict):
     def fingerprint(self) -> str:
         """Hash of everything that shapes the world's initial policies (their cache key): the scale
         is part of it because the SFT corpora are drawn from the scale's training prompts; the
-        static pool is not, since no policy is trained on it."""
-        dump = self.model_dump(exclude={"pool", "pool_samples", "pool_length_balanced"})
+        static pool is not, since no policy is trained on it, and neither is the price of knowledge
+        tokens. (The other reward parameters stay in the key, as they always were.)"""
+        # kappa and the wrong-knowledge penalty only price knowledge tokens in the reward; no corpus
+        # depends on them, so a kappa sweep shares one set of initial policies
+        dump = self.model_dump(exclude={"pool", "pool_samples", "pool_length_balanced", "kappa",
+                                        "wrong_knowledge_penalty"})
         # the coverage knob's fields enter the key only when set away from their defaults, so the
         # worlds (and cached policies) made before the knob existed keep their fingerprint
         for key, default in _KNOB_WORLD_DEFAULTS.items():
@@ -194,8 +198,7 @@ class WorldConfig(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_KNOB_WORLD_DEFAULTS = {k: WorldConfig.model_fields[k].default
-                        for k in ("knowledge_tokens", "kappa", "wrong_knowledge_penalty")}
+_KNOB_WORLD_DEFAULTS = {k: WorldConfig.model_fields[k].default for k in ("knowledge_tokens",)}
 _KNOB_WRITER_DEFAULTS = {k: WriterSpec.model_fields[k].default for k in ("knowledge", "knowledge_rate", "repeat_rate")}
 
 
@@ -335,6 +338,22 @@ class World:
         parts["knowledge"] = c.kappa * len(right)
         parts["wrong_knowledge"] = -(c.wrong_knowledge_penalty * wrong)
         return parts
+
+    def answer_counts(self, prompt: str, answer: str) -> dict[str, int]:
+        """The counts `decompose` prices, independent of the prices (so a statistic of answers means
+        the same at kappa = 0 or repeat_penalty = 0): tokens (all, as the length part counts them),
+        content (content-word tokens, repeats included), distinct_content, repeats (of content words
+        and knowledge tokens), invalid, right_knowledge (distinct knowledge tokens of the prompt's
+        family) and wrong_knowledge (knowledge tokens of other families, repeats included)."""
+        toks = answer.split()
+        content = [t for t in toks if t in self._word_index]
+        know = [t for t in toks if t in self._knowledge_family]
+        fam = self.parse_prompt(prompt)[0]
+        return {"tokens": len(toks), "content": len(content), "distinct_content": len(set(content)),
+                "repeats": len(content) - len(set(content)) + len(know) - len(set(know)),
+                "invalid": len(toks) - len(content) - len(know),
+                "right_knowledge": len({t for t in know if self._knowledge_family[t] == fam}),
+                "wrong_knowledge": sum(self._knowledge_family[t] != fam for t in know)}
 
     def reward(self, prompt: str, answer: str) -> float:
         r = 0.0
