@@ -181,6 +181,175 @@ def plot_phase(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
+# ---- the rules experiment -------------------------------------------------------------------
+def _cell(grid: Path, policy: str, method: str, seed: int, name: str):
+    from stagealign.rundir import RunDir
+
+    return RunDir(grid / policy / method / f"seed{seed}" / name)
+
+
+_PREV = {"init": None, "off": "static", "on": "onpolicy"}
+_PATH_AT = {"init": "path-off-off", "off": "path-off-off", "on": "path-on-on"}  # a cell that measured there
+
+
+def rule_choice(grid: Path, policy: str, method: str, seed: int, checkpoint: str, rule: str, threshold: float) -> str | None:
+    """The source a rule picks at a checkpoint of the path grid (init / off / on), from the
+    measurement a path cell recorded there (probe rules) or the race cell's own race (race)."""
+    from stagealign.config import ScheduleConfig
+    from stagealign.schedule import Choice, next_choice
+
+    k = 1 if checkpoint == "init" else 2
+    prev = None if _PREV[checkpoint] is None else Choice(_PREV[checkpoint], float(_PREV[checkpoint] == "onpolicy"))
+    if rule == "race":
+        run = _cell(grid, policy, method, seed, "race")
+        if not run.has(k, "decide") or (k == 2 and run.read_stage(1, "decide")["source"] != _PREV[checkpoint]):
+            return None  # the race cell did not pass through this checkpoint
+        return run.read_stage(k, "decide")["source"]
+    run = _cell(grid, policy, method, seed, _PATH_AT[checkpoint])
+    if not run.has(k, "measure"):
+        return None
+    return next_choice(ScheduleConfig(kind="auto", rule=rule), threshold, k, run.read_stage(k, "measure"), prev).source
+
+
+def race_cost(grid: Path, policy: str, method: str, seed: int) -> list[dict]:
+    """Per iteration of a race cell: the race's wall seconds and token passes over the iteration's
+    training (the trained pairs counted with the same convention, `race.token_passes`)."""
+    from transformers import AutoTokenizer
+
+    from stagealign.race import token_passes
+
+    run = _cell(grid, policy, method, seed, "race")
+    if not run.finished:
+        return []
+    out = []
+    for r in run.read_summary()["iterations"]:
+        k = r["iteration"]
+        raced = run.read_stage(k, "decide").get("race")
+        if not raced:
+            continue
+        tok = AutoTokenizer.from_pretrained(run.model(k))
+        train = run.read_stage(k, "train")
+        passes = token_passes(tok, list(run.read_rows(k, "pairs.jsonl")), train["epochs"])
+        out.append({"iteration": k, "seconds_share": raced["seconds"] / train["seconds"],
+                    "passes_share": (raced["train_token_passes"] + raced["gen_token_passes"]) / passes,
+                    "race_seconds": raced["seconds"], "train_seconds": train["seconds"],
+                    "significant": raced["significant"], "winner": raced["winner"]})
+    return out
+
+
+def rules_rows() -> list[dict]:
+    """One row per (world, kappa, policy, rule): regret (and its share of the best path's gain),
+    agreement with the better next source at the checkpoints, and for race its cost."""
+    from stagealign.grid import grid_metrics
+
+    rows = []
+    for d in sorted((RUNS / "rules").glob("w*-k*-*")):
+        if not (d / "grid-cells.json").is_file():
+            continue
+        world, kappa, method = d.name.split("-", 2)
+        m = grid_metrics(d)
+        for g in m["groups"]:
+            pts = g["calibration"]
+            off_off = g["cells"].get("path-off-off")
+            for rule in RULE_SCHEDULES:
+                a = g["adaptive"].get(rule)
+                if a is None:
+                    continue
+                agree = []
+                if rule not in ("union", "route"):
+                    for p in pts:
+                        src = rule_choice(d, g["policy"], g["method"], p["seed"], p["checkpoint"], rule, m["threshold"])
+                        if src is not None:
+                            agree.append({"checkpoint": p["checkpoint"], "seed": p["seed"], "significant": p["significant"],
+                                          "agree": (src == "onpolicy") == (p["diff"] > 0)})
+                rows.append({
+                    "world": int(world[1:]), "kappa": float(kappa[1:]), "method": g["method"], "policy": g["policy"],
+                    "rule": rule, "best_path": (g["best_path"] or {}).get("name"), "realised": a["realised"],
+                    "regret": a.get("regret"), "regret_share": a.get("regret_share"),
+                    "chose_best_share": a.get("chose_best_share"), "agreement": agree,
+                    "bs0": g["effectiveness"]["bs0"],
+                    "bs_after_static": off_off["bs"][1] if off_off and len(off_off["bs"]) > 1 else None,
+                    "cost": [c for s in g["seeds"] for c in race_cost(d, g["policy"], g["method"], s)]
+                    if rule == "race" else None,
+                })
+    return rows
+
+
+def rules_summary(rows: list[dict]) -> list[dict]:
+    """Per rule, pooled over worlds, kappas and policies: agreement at significant checkpoints
+    (Wilson 95%), regret share per cell (the goal: <= 15% in every cell), and race's cost."""
+    from stagealign.stats import proportion_ci
+
+    out = []
+    for rule in RULE_SCHEDULES:
+        rs = [r for r in rows if r["rule"] == rule]
+        if not rs:
+            continue
+        sig = [float(x["agree"]) for r in rs for x in r["agreement"] if x["significant"]]
+        shares = [r["regret_share"] for r in rs if r["regret_share"] is not None]
+        cost = [c for r in rs for c in (r["cost"] or [])]
+        out.append({
+            "rule": rule, "cells": len(rs),
+            "agree_significant": proportion_ci(sig).to_dict(json_safe=True) if sig else None,
+            "significant_points": len(sig),
+            "regret_share_max": max(shares) if shares else None,
+            "regret_share_mean": sum(shares) / len(shares) if shares else None,
+            "cells_within_15pct": sum(x <= 0.15 for x in shares), "cells_with_share": len(shares),
+            "cost_seconds_share": sum(c["seconds_share"] for c in cost) / len(cost) if cost else None,
+            "cost_passes_share": sum(c["passes_share"] for c in cost) / len(cost) if cost else None,
+        })
+    return out
+
+
+def rules_table(summary: list[dict]) -> str:
+    from stagealign.report import markdown_table
+
+    def pct(x):
+        return "-" if x is None else f"{x:.0%}"
+
+    body = []
+    for s in summary:
+        a = s["agree_significant"]
+        agree = "-" if a is None else f"{a['mean']:.0%} [{a['lo']:.0%}, {a['hi']:.0%}] of {s['significant_points']}"
+        body.append([s["rule"], agree, pct(s["regret_share_mean"]), pct(s["regret_share_max"]),
+                     f"{s['cells_within_15pct']}/{s['cells_with_share']}", pct(s["cost_seconds_share"]),
+                     pct(s["cost_passes_share"])])
+    return "\n".join(markdown_table(["rule", "agreement at significant checkpoints", "regret / best gain (mean)",
+                                      "(worst cell)", "cells <= 15%", "extra wall time", "extra token passes"], body))
+
+
+def plot_rules(rows: list[dict], path: Path) -> Path | None:
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    kappas = sorted({r["kappa"] for r in rows})
+    fig, axes = plt.subplots(1, len(POLICIES), figsize=(4.6 * len(POLICIES), 3.8), squeeze=False, sharey=True)
+    width = 0.8 / len(RULE_SCHEDULES)
+    for ax, pol in zip(axes[0], POLICIES):
+        for i, rule in enumerate(RULE_SCHEDULES):
+            ys = []
+            for k in kappas:
+                v = [r["regret_share"] for r in rows if (r["policy"], r["rule"], r["kappa"]) == (pol, rule, k)
+                     and r["regret_share"] is not None]
+                ys.append(sum(v) / len(v) if v else float("nan"))
+            ax.bar([j + (i - len(RULE_SCHEDULES) / 2 + 0.5) * width for j in range(len(kappas))], ys, width,
+                   label=rule)
+        ax.axhline(0.15, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(kappas)), [f"kappa {k:g}" for k in kappas])
+        ax.set_title(pol)
+    axes[0][0].set_ylabel("regret / best path's gain\n(mean over worlds; dashed: the 15% goal)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["sweep", "rules", "report"])
@@ -199,14 +368,19 @@ def main() -> None:
     else:
         rows = sweep_rows()
         plot = plot_phase(rows, RESULTS / "science-coverage" / "phase.png")
+        rrows = rules_rows()
+        rsum = rules_summary(rrows)
+        rplot = plot_rules(rrows, RESULTS / "science-coverage" / "rules.png")
         payload = {"fixed": {"kappas": KAPPAS, "pools": POOLS, "policies": POLICIES, "seeds": SEEDS,
                              "methods": METHODS, "rule_worlds": RULE_WORLDS, "rule_methods": RULE_METHODS,
                              "rule_schedules": RULE_SCHEDULES},
-                   "sweep": {"rows": rows}}
+                   "sweep": {"rows": rows}, "rules": {"rows": rrows, "summary": rsum}}
         payload["rule_kappas"] = rule_kappas(payload["sweep"])
         write_result("science-coverage", payload)
         print(sweep_table(rows))
-        print(f"\nrule kappas: {payload['rule_kappas']}; plot: {plot}; written: {out}")
+        if rsum:
+            print("\n" + rules_table(rsum))
+        print(f"\nrule kappas: {payload['rule_kappas']}; plots: {plot}, {rplot}; written: {out}")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_grid_report_tables_and_plots(grid_dir):
 def test_single_run_report(grid_dir):
     run = grid_dir / "weak" / "dpo" / "seed0" / "auto"
     text = write_report(run).read_text()
-    assert "| run | iter | source | BS [95% CI] |" in text and "| weak / auto | 2 |" in text
+    assert "| run | iter | source | BS [95% CI] |" in text and "| weak / auto (bs) | 2 |" in text
     assert "](reward.png)" in text
     _valid_png(run / "reward.png")
 

@@ -300,12 +300,35 @@ def sft_cmd(config: Annotated[Path, typer.Argument(help="YAML SFT config")],
 
 @world_app.command("show")
 def world_show(config: Annotated[Optional[Path], typer.Argument(help="YAML run config (its `world` section)")] = None,
-               overrides: Overrides = None) -> None:
-    """Summarise a world: reward range, pool quality per writer, samples of the best answers."""
+               overrides: Overrides = None,
+               checkpoint: Annotated[Optional[Path], typer.Option(
+                   "--checkpoint", help="a run directory: decompose its checkpoint's evaluation answers "
+                   "(knowledge-token rate, utility per word, length, repeats, the reward's parts) instead; the "
+                   "world is the run's own (its config.yaml)", metavar="RUN_DIR", show_default=False)] = None,
+               iteration: Annotated[Optional[int], typer.Option(
+                   help="with --checkpoint: which iteration's evaluation (0 = the initial policy; default: the "
+                   "last finished one)", metavar="K", show_default=False)] = None) -> None:
+    """Summarise a world: reward range, pool quality per writer, samples of the best answers; or,
+    with --checkpoint RUN_DIR, what a run's checkpoint answers."""
     def go():
         from stagealign import plugins
 
-        typer.echo(plugins.provider("testbed").show(load_config(config, overrides or [])))
+        if checkpoint is None:
+            if iteration is not None:
+                raise ConfigError("--iteration needs --checkpoint RUN_DIR")
+            typer.echo(plugins.provider("testbed").show(load_config(config, overrides or [])))
+            return
+        if config is not None or overrides:
+            raise ConfigError("world show --checkpoint RUN_DIR reads the run's own config; give no CONFIG or overrides")
+        from stagealign.grid.metrics import checkpoint_decomposition
+
+        k, stats = checkpoint_decomposition(checkpoint, iteration)
+        typer.echo(f"{checkpoint}: evaluation answers of iteration {k}"
+                   + (" (the initial policy)" if k == 0 else f" (after {k} iteration{'s' * (k > 1)})"))
+        width = max(len(key) for key in stats)
+        for key, v in stats.items():
+            text = "-" if v is None else (str(v) if isinstance(v, int) else f"{v:.4f}")
+            typer.echo(f"  {key:{width}s}  {text:>10s}")
     _guard(go)
 
 

@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from stagealign import plugins
 from stagealign.data.formats import Format, field_map
 from stagealign.exports import EvalFormat
-from stagealign.schedule import DEFAULT_RULE
+from stagealign.schedule import DEFAULT_RULE, KINDS, RULES
 
 
 class ConfigError(ValueError):
@@ -208,8 +208,8 @@ class BoundaryConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    kind: Literal["auto", "static", "onpolicy", "path", "blend", "union", "route"] = "auto"
-    rule: Literal["bs", "bs-hard", "bs-pool", "coverage", "race"] = Field(
+    kind: Literal[KINDS] = "auto"  # type: ignore[valid-type]  (schedule.py owns the lists)
+    rule: Literal[RULES] = Field(  # type: ignore[valid-type]
         DEFAULT_RULE, description="what auto decides by (stagealign.schedule: RULES)")
     path: str | None = Field(None, description="explicit path for kind=path, e.g. 'off,on'")
     first: Literal["static", "onpolicy"] = Field("static", description="auto's choice before anything is measured")

@@ -33,11 +33,11 @@ import yaml
 
 from stagealign import distributed
 from stagealign.artifacts import fault
-from stagealign.boundary import BoundaryResult, context_length, measure
+from stagealign.boundary import BoundaryResult, context_length, measure, votes_for_many
 from stagealign.config import OnPolicyFile, RunConfig, dump_config
 from stagealign.data.pairs import make_pairs, score_sets
 from stagealign.data.pool import load_onpolicy_candidates
-from stagealign.data.schema import CandidateSet, PreferencePair
+from stagealign.data.schema import CandidateSet, PreferencePair, Prompt
 from stagealign.evaluate import evaluate
 from stagealign.headline import headline, metric_label
 from stagealign.exports import export_iteration
@@ -47,6 +47,7 @@ from stagealign.judges.llm_api import endpoint_stats
 from stagealign.judges.store import JudgmentStore, StoredJudge
 from stagealign.policy import Policy, load_configured_policy
 from stagealign.providers import Provider, build_provider
+from stagealign.race import race
 from stagealign.rundir import RunDir, stage_key
 from stagealign.schedule import Choice, next_choice
 from stagealign.seeds import stage_seed
@@ -177,36 +178,72 @@ class Run:
         return {"measured": True, **res.to_dict()}
 
     def _decide(self, k: int, bs: dict, previous: Choice | None) -> dict:
-        choice = next_choice(self.cfg.schedule, self.cfg.boundary.threshold, k, bs, previous)
+        sched = self.cfg.schedule
+        raced = self._race(k) if sched.kind == "auto" and sched.rule == "race" else None
+        choice = next_choice(sched, self.cfg.boundary.threshold, k, bs, previous, race=raced)
         self.ui.log(f"[{stage_key(k, 'decide')}] {choice.source} (on-policy share {choice.onpolicy_share:.2f}): "
                     f"{choice.reason}")
-        return asdict(choice)
+        return {**asdict(choice), **({"race": raced} if raced else {})}
+
+    def _race(self, k: int) -> dict:
+        """Rule race (`stagealign.race`): static and on-policy pairs for the same `schedule.race_share`
+        of the iteration's prompts (the pool's, so both sources exist for each), a short copy of
+        policy k-1 trained on each, the copies compared head to head. Recorded in the decide stage."""
+        p, cfg, g = self.provider, self.cfg, self.cfg.generation
+        t0 = time.perf_counter()
+        seed = stage_seed(cfg.seed, k, "race")
+        rng = np.random.default_rng(seed)
+        prompts = [q for q in p.train_prompts(k, cfg.iterations, cfg.data.iteration_prompts) if q.id in p.pool]
+        n = max(1, round(cfg.schedule.race_share * len(prompts)))
+        chosen = [prompts[i] for i in sorted(rng.permutation(len(prompts))[:n])]
+        policy = self.policy(k - 1)
+        with self.ui.task(f"iter {k}: race sampling", total=len(chosen)) as adv:
+            got = generate(policy, chosen, n=g.n, temperature=g.temperature, top_p=g.top_p,
+                           max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, seed=seed, progress=adv,
+                           backend=g.backend)
+        gen_passes = sum(len(x) for per in got.token_ids for x in per) + g.n * sum(
+            len(policy.tokenizer(policy.format(q))["input_ids"]) for q in chosen)
+        sets = {"static": [self._static_set(q) for q in chosen],
+                "onpolicy": [CandidateSet(prompt_id=q.id, prompt=q.text, candidates=a, sources=[f"policy@{k - 1}"] * len(a),
+                                          origin="onpolicy", iteration=k) for q, a in zip(chosen, got.texts)]}
+        rows = {}
+        for src, ss in sets.items():
+            _drop_empty(ss)
+            score_sets(ss, p.judge)
+            rows[src] = [x.to_row() for x in make_pairs(ss, rule=cfg.pairing.rule, min_margin=cfg.pairing.min_margin,
+                                                         iteration=k, rng=rng)[0]]
+        ref = self.policy(0) if cfg.training.reference == "initial" and k > 1 else None
+        self._release(keep=ref)
+        load = lambda: load_configured_policy(cfg.policy, self.policy_path(k - 1), initial=k == 1)  # noqa: E731
+        res = race(load, rows, p.probe, p.judge, self._training_config(policy), cfg.boundary, g, seed=seed,
+                   work_dir=self.dir.work(k) / "race", ref_policy=ref, lora=cfg.policy.lora,
+                   build_seconds=time.perf_counter() - t0, build_gen_passes=gen_passes)
+        self._release()
+        self.ui.log(f"[{stage_key(k, 'decide')}] {res.evidence}; {sum(res.pairs.values())} race pairs, "
+                    f"{res.seconds:.1f}s")
+        return res.to_dict()
+
+    def _training_config(self, policy: Policy):
+        """`training` with max_length set to the policy's context when it is not set: a pool answer
+        may not fit the context either."""
+        tcfg = self.cfg.training
+        if tcfg.max_length is None and (ctx := context_length(policy)) is not None:
+            tcfg = tcfg.model_copy(update={"max_length": ctx})
+        return tcfg
 
     def _build(self, k: int, choice: Choice) -> dict:
+        """Iteration k's candidate sets for the chosen source, judged, then paired (`make_pairs`)."""
         p, cfg = self.provider, self.cfg
         rng = np.random.default_rng(stage_seed(cfg.seed, k, "build"))
         prompts = p.train_prompts(k, cfg.iterations, cfg.data.iteration_prompts)
-        train = [q for q in prompts if q.id in p.pool] if choice.onpolicy_share < 1 else prompts
-        n_on = int(round(choice.onpolicy_share * len(train)))
-        order = rng.permutation(len(train))
-        on_prompts = [train[i] for i in sorted(order[:n_on])]
-        off_prompts = [train[i] for i in sorted(order[n_on:])]
-        sets = [CandidateSet.from_row(p.pool[q.id].to_row()) for q in off_prompts]
-        given = self._given_candidates(k, on_prompts)
-        sets += list(given.values())
-        on_prompts = [q for q in on_prompts if q.id not in given]
-        if on_prompts:
-            answers = self._sample_candidates(k, on_prompts)
-            sets += [CandidateSet(prompt_id=q.id, prompt=q.text, candidates=a, sources=[f"policy@{k - 1}"] * len(a),
-                                  origin="onpolicy", iteration=k) for q, a in zip(on_prompts, answers)]
-        empty = Counter()
-        for s in sets:  # empty answers carry no preference: drop them and count
-            keep = [i for i, c in enumerate(s.candidates) if c.strip()]
-            if len(keep) < len(s.candidates):
-                empty["empty_answer"] += len(s.candidates) - len(keep)
-                s.candidates = [s.candidates[i] for i in keep]
-                s.sources = [s.sources[i] for i in keep]
-                s.scores = None if s.scores is None else [s.scores[i] for i in keep]
+        extra: dict[str, Any] = {}
+        if choice.source == "union":
+            sets = self._union_sets(k, prompts)
+        elif choice.source == "route":
+            sets, extra["routed"] = self._routed_sets(k, prompts)
+        else:
+            sets = self._split_sets(k, prompts, choice.onpolicy_share, rng)
+        empty = _drop_empty(sets)
         vllm.suspend()  # the judge may need the GPU the engine holds
         with self.ui.task(f"iter {k}: judging", total=1) as adv:
             score_sets(sets, p.judge)
@@ -218,9 +255,66 @@ class Run:
         self.dir.write_rows(k, "pairs.jsonl", (x.to_row() for x in pairs))
         self.dir.drop_partial(k, "samples")
         by_origin = Counter(x.origin for x in pairs)
-        self.ui.log(f"[{stage_key(k, 'build')}] {len(pairs)} pairs ({dict(by_origin)}), dropped {dict(dropped)}")
+        routed = f", routed {extra['routed']}" if "routed" in extra else ""
+        self.ui.log(f"[{stage_key(k, 'build')}] {len(pairs)} pairs ({dict(by_origin)}), dropped {dict(dropped)}"
+                    + routed)
         return {"pairs": len(pairs), "by_origin": dict(by_origin), "dropped": dict(dropped),
-                "mean_margin": float(np.mean([x.margin for x in pairs])) if pairs else 0.0}
+                "mean_margin": float(np.mean([x.margin for x in pairs])) if pairs else 0.0, **extra}
+
+    def _static_set(self, q: Prompt) -> CandidateSet:
+        """A copy of prompt q's static candidates (the pool's own stays untouched)."""
+        return CandidateSet.from_row(self.provider.pool[q.id].to_row())
+
+    def _split_sets(self, k: int, prompts: list[Prompt], share: float, rng: np.random.Generator) -> list[CandidateSet]:
+        """static / onpolicy / blend: a random `share` of the prompts gets on-policy candidates, the
+        others their static ones (only prompts the pool covers, unless every prompt is on-policy)."""
+        train = [q for q in prompts if q.id in self.provider.pool] if share < 1 else prompts
+        n_on = int(round(share * len(train)))
+        order = rng.permutation(len(train))
+        on_prompts = [train[i] for i in sorted(order[:n_on])]
+        off_prompts = [train[i] for i in sorted(order[n_on:])]
+        return [self._static_set(q) for q in off_prompts] + list(self._onpolicy_sets(k, on_prompts).values())
+
+    def _onpolicy_sets(self, k: int, prompts: list[Prompt]) -> dict[str, CandidateSet]:
+        """Prompt id -> iteration k's on-policy candidates: from `data.onpolicy_candidates` where the
+        file covers the prompt, sampled from policy k-1 otherwise (resumable, `_sample_candidates`)."""
+        sets = self._given_candidates(k, prompts)
+        rest = [q for q in prompts if q.id not in sets]
+        if rest:
+            answers = self._sample_candidates(k, rest)
+            sets.update({q.id: CandidateSet(prompt_id=q.id, prompt=q.text, candidates=a,
+                                            sources=[f"policy@{k - 1}"] * len(a), origin="onpolicy", iteration=k)
+                         for q, a in zip(rest, answers)})
+        return sets
+
+    def _union_sets(self, k: int, prompts: list[Prompt]) -> list[CandidateSet]:
+        """union: one set per prompt holding its static candidates, then the policy's samples, judged
+        together (scores the pool or a candidates file brought are dropped: they are not on the
+        judge's scale); a prompt the pool lacks keeps its samples alone (origin onpolicy)."""
+        on = self._onpolicy_sets(k, prompts)
+        sets = []
+        for q in prompts:
+            if q.id not in self.provider.pool:
+                sets.append(on[q.id])
+                continue
+            off = self._static_set(q)
+            sets.append(CandidateSet(prompt_id=q.id, prompt=q.text, candidates=off.candidates + on[q.id].candidates,
+                                     sources=off.sources + on[q.id].sources, origin="union", iteration=k))
+        return sets
+
+    def _routed_sets(self, k: int, prompts: list[Prompt]) -> tuple[list[CandidateSet], dict[str, int]]:
+        """route: per prompt, the on-policy set when the policy's samples beat its static candidates
+        (mean vote >= 1/2, the boundary probe's votes), the static set otherwise; a prompt the pool
+        lacks is on-policy, one the policy has no answer for static. Returns the sets and how many
+        prompts went each way."""
+        pool, on = self.provider.pool, self._onpolicy_sets(k, prompts)
+        both = [q for q in prompts if q.id in pool]
+        vllm.suspend()  # the judge may need the GPU the engine holds
+        votes = votes_for_many(self.provider.judge, [q.text for q in both], [on[q.id].candidates for q in both],
+                               [pool[q.id].candidates for q in both], self.cfg.boundary.votes == "hard")
+        static = {q.id for q, v in zip(both, votes) if (float(v.mean()) < 0.5 if v.size else not on[q.id].candidates)}
+        sets = [self._static_set(q) if q.id in static else on[q.id] for q in prompts]
+        return sets, {"onpolicy": len(prompts) - len(static), "static": len(static)}
 
     def _given_candidates(self, k: int, prompts: list) -> dict[str, CandidateSet]:
         """Iteration k's on-policy candidates from `data.onpolicy_candidates`, for the prompts the
@@ -260,9 +354,7 @@ class Run:
         ref = self.policy(0) if cfg.training.reference == "initial" and k > 1 else None
         self._release(keep=ref)  # while training: the trained copy, and TRL's reference at most
         policy = load_configured_policy(cfg.policy, self.policy_path(k - 1), initial=k == 1)
-        tcfg = cfg.training
-        if tcfg.max_length is None and (ctx := context_length(policy)) is not None:
-            tcfg = tcfg.model_copy(update={"max_length": ctx})  # a pool answer may not fit the context either
+        tcfg = self._training_config(policy)
         conversations = {q.id: q.messages for q in self.provider.train if q.messages}
         pairs = [{**PreferencePair.from_row(r).to_row(), **({"messages": conversations[r["prompt_id"]]}
                                                            if r.get("prompt_id") in conversations else {})}
@@ -312,7 +404,8 @@ class Run:
                 "bs": bs.get("bs"), "bs_lo": bs.get("lo"), "bs_hi": bs.get("hi"), "decision": bs.get("decision"),
                 "bs_seconds": bs.get("seconds"), "bs_cost_vs_epoch": (bs.get("seconds", 0.0) / (
                     train["seconds"] / train["epochs"])) if bs.get("measured") else None,
-                "pairs": build["pairs"], "metric": key,
+                "pairs": build["pairs"], "metric": key, "train_seconds": train["seconds"],
+                "race_seconds": dec["race"]["seconds"] if dec.get("race") else None,
                 "before": before[key]["mean"], "after": after[key]["mean"],
                 "after_lo": after[key]["lo"], "after_hi": after[key]["hi"],
                 "win_rate_truth": after.get("win_rate_truth", {}).get("mean"),
@@ -321,7 +414,9 @@ class Run:
                 "kl": after.get("kl_to_initial", {}).get("mean"),
             })
             before = after
-        return {"run_dir": str(d.root), "schedule": self.cfg.schedule.kind, "method": self.cfg.training.method,
+        sched = self.cfg.schedule
+        return {"run_dir": str(d.root), "schedule": sched.kind, "rule": sched.rule if sched.kind == "auto" else None,
+                "method": self.cfg.training.method,
                 "policy": self.cfg.policy.testbed or self.cfg.policy.model, "seed": self.cfg.seed,
                 "metric": key, "initial": initial, "iterations": rows, **self._judge_stats()}
 
@@ -329,6 +424,19 @@ class Run:
         """An endpoint judge's request counts, unparseable replies included (never silent ties)."""
         stats = endpoint_stats(self._provider.judge) if self._provider is not None else None
         return {"judge_endpoint": stats} if stats else {}
+
+
+def _drop_empty(sets: list[CandidateSet]) -> Counter:
+    """Drop empty answers from the sets in place (they carry no preference) and count them."""
+    empty = Counter()
+    for s in sets:
+        keep = [i for i, c in enumerate(s.candidates) if c.strip()]
+        if len(keep) < len(s.candidates):
+            empty["empty_answer"] += len(s.candidates) - len(keep)
+            s.candidates = [s.candidates[i] for i in keep]
+            s.sources = [s.sources[i] for i in keep]
+            s.scores = None if s.scores is None else [s.scores[i] for i in keep]
+    return empty
 
 
 def measure_checkpoint(cfg: RunConfig, checkpoint: str | None = None, log=print) -> BoundaryResult:

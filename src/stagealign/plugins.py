@@ -44,6 +44,12 @@ class Plugin:
     - ``judges``: judge kinds by name, each a `judges.registry.JudgeKind`.
     - ``dry_run``: ``cfg -> DryRunPlan`` for configs this plugin provides.
     - ``show``: ``cfg -> str``, a description for `stagealign world show`.
+    - ``decompose``: ``(cfg, pairs) -> dict``, mean statistics of a run's answers in the plugin's
+      own terms (the testbed: knowledge-token rate, utility per word, length, repeats, the parts of
+      its reward), from ``pairs`` of (prompt id, answer) as the run's artifacts hold them
+      (``eval_answers.jsonl``): ``{name: number or None}``, in display order. The core shows them
+      by name without knowing any (`stagealign world show --checkpoint`, the grid's diagnostics).
+    - ``decompose_columns``: the few of those names a compact table shows (default: all).
     """
 
     name: str
@@ -53,6 +59,8 @@ class Plugin:
     judges: Mapping[str, Any] = field(default_factory=dict)
     dry_run: Callable[[Any], DryRunPlan] | None = None
     show: Callable[[Any], str] | None = None
+    decompose: Callable[[Any, Any], dict[str, Any]] | None = None
+    decompose_columns: tuple[str, ...] = ()
 
 
 class PluginError(RuntimeError):
@@ -101,3 +109,12 @@ def provider(name: str) -> Plugin:
             return p
     raise PluginError(f"no installed stagealign plugin provides {name!r} runs "
                       "(is the package installed, e.g. `pip install -e .`?)")
+
+
+def of_run(cfg: Any) -> Plugin | None:
+    """The plugin providing a run config's runs: the one whose `policy.<provider>` is set; None for
+    runs no plugin provides (a Hugging Face model, `policy.model`)."""
+    for p in plugins():
+        if p.provider is not None and getattr(cfg.policy, p.provider, None) is not None:
+            return p
+    return None

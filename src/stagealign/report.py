@@ -15,7 +15,7 @@ from pathlib import Path
 from stagealign import artifacts
 from stagealign.rundir import RunDir
 from stagealign.headline import headline, metric_label
-from stagealign.schedule import SHORT, is_adaptive, path_text
+from stagealign.schedule import is_adaptive, path_text, short
 
 
 
@@ -41,6 +41,8 @@ def _run_name(s: dict) -> str:
     sched = s["schedule"]
     if sched == "path":
         sched = "path " + path_text([r["source"] for r in s["iterations"]])
+    elif sched == "auto" and s.get("rule"):
+        sched = f"auto ({s['rule']})"
     return f"{s['policy']} / {sched}"
 
 
@@ -122,22 +124,21 @@ def path_table(m: dict) -> str:
 
 
 def choice_table(m: dict) -> str:
-    """Best explicit path by mean final reward; what auto and blend did and their regret."""
+    """Best explicit path by mean final reward; what each schedule or rule cell did (the paths it
+    took, how often the best) and its regret, also as a share of the best path's gain."""
     rows = []
     for g in m["groups"]:
         b = g["best_path"] or {}
-        a = g["adaptive"].get("auto")
-        bl = g["adaptive"].get("blend")
-        auto = ["-"] * 4 if a is None else [
-            ", ".join(sorted(set(a["realised"]))),
-            "-" if a.get("chose_best") is None else f"{sum(a['chose_best'])}/{len(a['chose_best'])} seeds",
-            fmt_ci(a["final"]), fmt_ci(a.get("regret"))]
-        blend = ["-"] * 3 if bl is None else [
-            " -> ".join(f"{x:.2f}" for x in bl["onpolicy_share"]), fmt_ci(bl["final"]), fmt_ci(bl.get("regret"))]
-        rows.append([g["policy"], g["method"], b.get("name", "-"), fmt_ci(b.get("final")), *auto, *blend])
-    return "\n".join(markdown_table(["policy", "method", "best path", "best final", "auto path", "auto chose best",
-                                      "auto final", "auto regret", "blend on-policy share", "blend final",
-                                      "blend regret"], rows))
+        for name, a in g["adaptive"].items():
+            share = a.get("onpolicy_share") or []
+            took = (", ".join(sorted(set(a["realised"]))) if g["cells"][name]["kind"] != "blend"
+                    else "share " + " -> ".join(f"{x:.2f}" for x in share))
+            rs = a.get("regret_share")
+            rows.append([g["policy"], g["method"], b.get("name", "-"), fmt_ci(b.get("final")), name, took,
+                         "-" if a.get("chose_best") is None else f"{sum(a['chose_best'])}/{len(a['chose_best'])} seeds",
+                         fmt_ci(a["final"]), fmt_ci(a.get("regret")), "-" if rs is None else f"{rs:.0%}"])
+    return "\n".join(markdown_table(["policy", "method", "best path", "best final", "schedule", "took", "chose best",
+                                      "final", "regret", "regret / best gain"], rows))
 
 
 def bs_table(m: dict) -> str:
@@ -182,6 +183,45 @@ def diagnostics_table(m: dict) -> str:
                                       "pairs", "pair margin", "chosen-rejected edit dist."], rows))
 
 
+def _decomposition_columns(m: dict) -> list[str]:
+    """The plugin's compact columns (grid.json stores dicts with sorted keys, so the order is this
+    list's); all statistics when the plugin names none."""
+    cols = m.get("decomposition_columns")
+    if cols:
+        return list(cols)
+    found = [key for g in m["groups"] for _, c in _cells(g) for d in (c.get("decomposition") or []) if d
+             for key in d]
+    return list(dict.fromkeys(found))
+
+
+def has_decomposition(m: dict) -> bool:
+    return any(c.get("decomposition") for g in m["groups"] for c in g["cells"].values())
+
+
+def decomposition_table(m: dict) -> str:
+    """Each checkpoint's evaluation answers in the world's terms (the run's plugin decomposes them,
+    e.g. knowledge-token rate, utility per word, length, repeat share): means over seeds. The
+    initial policy's row once per policy and method, then every iteration of every path / schedule."""
+    cols = _decomposition_columns(m)
+    rows = []
+    for g in m["groups"]:
+        cells = [(n, c) for n, c in _cells(g) if c.get("decomposition")]
+        if not cells:
+            continue
+        init = next((c["decomposition"][0] for _, c in cells if c["decomposition"][0]), None)
+        if init is not None:
+            rows.append([g["policy"], g["method"], "initial policy", 0, *(_f((init.get(k) or {}).get("mean"))
+                                                                          for k in cols)])
+        for name, c in cells:
+            for i, d in enumerate(c["decomposition"][1:], start=1):
+                if d is None:
+                    continue
+                rows.append([g["policy"], g["method"], _cell_label(name, c), i,
+                             *(_f((d.get(k) or {}).get("mean")) for k in cols)])
+    return "\n".join(markdown_table(["policy", "method", "path / schedule", "checkpoint",
+                                      *(k.replace("_", " ") for k in cols)], rows))
+
+
 # ============================================================================ plots
 def _plt():
     import matplotlib
@@ -198,13 +238,14 @@ def _seeds_note(m: dict) -> str:
 
 
 def _style(name: str, cell: dict, i: int) -> dict:
-    if cell["kind"] == "auto":
+    if name == "auto":
         return {"color": "black", "linestyle": "--", "marker": "o", "markerfacecolor": "none", "linewidth": 2.0,
                 "markersize": 9, "zorder": 5}
     if cell["kind"] == "blend":
         return {"color": "0.45", "linestyle": ":", "marker": "D", "linewidth": 2.0, "zorder": 4}
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
-    return {"color": colors[i % len(colors)], "linestyle": "-", "marker": "o", "linewidth": 1.6}
+    return {"color": colors[i % len(colors)], "linestyle": "-" if cell["kind"] == "path" else "-.", "marker": "o",
+            "linewidth": 1.6}
 
 
 def _line_label(name: str, cell: dict) -> str:
@@ -465,7 +506,7 @@ def plot_run_reward(summary: dict, path: Path) -> Path:
     ax.plot(xs, ys, marker="o", color="tab:blue", label=_run_name(summary))
     ax.fill_between(xs, lo, hi, color="tab:blue", alpha=0.15, label="95% CI over eval prompts")
     for x, r in zip(xs[1:], rows):
-        src = SHORT.get(r["source"], f"blend {r['onpolicy_share']:.2f}")
+        src = short(r["source"], r["onpolicy_share"])
         ax.annotate(f"trained on {src}" + ("" if r["bs"] is None else f"\n(BS before: {r['bs']:.2f})"),
                     (x, r["after"]),
                     textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
@@ -518,6 +559,11 @@ def grid_report_markdown(m: dict, figures: dict[str, str]) -> str:
         "pairs built from these candidates.", "",
         diagnostics_table(m), "", f"![diversity vs quality]({figures['diversity']})", "",
     ]
+    if has_decomposition(m):
+        parts += ["## What each checkpoint's answers hold", "",
+                  "The evaluation answers of every checkpoint (iterations trained along the path), decomposed by "
+                  "the run's plugin (`stagealign world show --checkpoint RUN_DIR` shows every statistic of one "
+                  "run); means over seeds, full intervals in grid.json.", "", decomposition_table(m), ""]
     return "\n".join(parts)
 
 

@@ -117,8 +117,10 @@ def rule_decision(rule: str, measure: dict, threshold: float) -> tuple[str, str]
             "bs-pool": ("bs", "lo", "hi", "pool_threshold"), "coverage": ("uncovered", "coverage_share")}[rule]
     missing = [k for k in need if measure.get(k) is None]
     if missing:
-        raise ValueError(f"rule {rule!r} needs {', '.join(missing)} in the boundary measurement; it was recorded "
-                         "by an older stagealign: delete the run's measure stages to measure again")
+        raise ValueError(f"rule {rule!r} needs {', '.join(missing)} in the boundary measurement, which does not "
+                         "hold it: recorded by an older stagealign (delete the run's measure stages to measure "
+                         "again), or nothing to compute it from (pool_threshold needs probe prompts with at least "
+                         "2 static answers)")
     if rule == "bs":
         return measure["decision"], f"BS={measure['bs']:.3f} vs {threshold}"
     if rule == "bs-hard":

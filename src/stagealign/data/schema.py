@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Origin = Literal["static", "onpolicy"]
+#: where a set's candidates came from: the static pool, the policy's samples, or both in one set
+#: (``union``: the pool's answers and the policy's samples for the same prompt, ranked together)
+Origin = Literal["static", "onpolicy", "union"]
+#: the pure origins, which every pair diagnostic reports a share for (``union`` shows up when present)
 ORIGINS: tuple[str, ...] = ("static", "onpolicy")
 
 
@@ -70,7 +73,7 @@ class CandidateSet:
 
     `sources` names who wrote each candidate (a pool model's name, or "policy@k" for
     on-policy samples of iteration k), which the diversity diagnostics and the
-    controlled-pool experiments need.
+    controlled-pool experiments need; a ``union`` set holds both kinds, told apart by their sources.
     """
 
     prompt_id: str

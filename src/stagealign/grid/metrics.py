@@ -1,5 +1,7 @@
 """A grid's numbers: gains per path and iteration, on/off effectiveness, best path, the adaptive
-schedules' choices and regret, boundary-score calibration, candidate diagnostics.
+schedules' choices and regret, boundary-score calibration, candidate diagnostics, and what the
+run's plugin says about each checkpoint's evaluation answers (`Plugin.decompose`; the synthetic
+world: knowledge-token rate, utility per word, length, repeats, its reward's parts).
 
 `grid_metrics` reads the cells' summaries and artifacts (never the models) and writes OUT/grid.json
 with 95% intervals over seeds; `stagealign.report` renders it.
@@ -11,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from stagealign import artifacts
+from stagealign import artifacts, plugins
+from stagealign.config import ConfigError
 from stagealign.headline import headline
 from stagealign.grid.spec import MANIFEST, METRICS, GridError, path_name
 from stagealign.rundir import RunDir
@@ -86,6 +89,7 @@ def grid_metrics(out_dir: str | Path, write: bool = True, level: float = 0.95) -
     metric = first["iterations"][0]["metric"] if first["iterations"] else "reward"
     threshold = artifacts.read_json(out / MANIFEST)["base_config"]["boundary"]["threshold"]
     groups = []
+    columns: list[str] | None = None  # the plugin's compact columns of the decompositions, when any
     keys = list(dict.fromkeys((c["policy"], c["method"]) for c in cells))
     for policy, method in keys:
         gc = [c for c in cells if (c["policy"], c["method"]) == (policy, method)]
@@ -101,8 +105,11 @@ def grid_metrics(out_dir: str | Path, write: bool = True, level: float = 0.95) -
             chosen[name] = {s: path_name(c["sources"]) for s, c in cs.items()}
             k = len(next(iter(t.values()))[1])
             ss = sorted(t)
+            decomposition, cols = _decomposition_est(cs, k, level)
+            columns = columns or cols
             per_cell[name] = {
                 "kind": next(iter(cs.values()))["kind"],
+                "rule": next(iter(cs.values())).get("rule"),
                 "path": next(iter(cs.values()))["path"],
                 "seeds": ss,
                 "realised": [path_text([short(x, sh) for x, sh in zip(cs[s]["sources"], cs[s]["shares"])])
@@ -112,6 +119,7 @@ def grid_metrics(out_dir: str | Path, write: bool = True, level: float = 0.95) -
                 "gain": [_est([t[s][1][i] for s in ss], level) for i in range(k)],
                 "bs": [_est([t[s][2][i] for s in ss if t[s][2][i] is not None], level) for i in range(k)],
                 "final": _est([t[s][0][k] for s in ss], level),
+                "decomposition": decomposition,
             }
         # one-iteration effectiveness: first-iteration gain of each source, paired by seed
         first_gain: dict[str, dict[int, float]] = {"static": {}, "onpolicy": {}}
@@ -140,9 +148,7 @@ def grid_metrics(out_dir: str | Path, write: bool = True, level: float = 0.95) -
         best = max(path_names, key=lambda n: per_cell[n]["final"]["mean"]) if path_names else None
         best_d = {"name": best, "final": per_cell[best]["final"]} if best else None
         adaptive = {}
-        for kind in (*ADAPTIVE, *PURE):  # the schedules run next to the paths
-            if kind not in per_cell or kind in path_names:
-                continue
+        for kind in (n for n in names if n not in path_names):  # the schedules and rules run next to the paths
             pc = per_cell[kind]
             d: dict[str, Any] = {"realised": pc["realised"], "final": pc["final"],
                                  "onpolicy_share": [sum(x[i] for x in pc["onpolicy_share"]) / len(pc["onpolicy_share"])
@@ -153,6 +159,9 @@ def grid_metrics(out_dir: str | Path, write: bool = True, level: float = 0.95) -
                 d["chose_best"] = [chosen[kind][s] == best for s in common]
                 d["chose_best_share"] = sum(d["chose_best"]) / len(common) if common else None
                 d["regret"] = _est([bt[s][0][-1] - at[s][0][-1] for s in common], level)
+                # regret as a share of what the best path gained over the initial policy (issue 15's goal)
+                best_gain = sum(bt[s][0][-1] - bt[s][0][0] for s in common) / len(common) if common else 0.0
+                d["regret_share"] = d["regret"]["mean"] / best_gain if common and best_gain > 0 else None
             adaptive[kind] = d
         groups.append({
             "policy": policy, "method": method, "seeds": seeds, "order": names, "cells": per_cell,
@@ -164,7 +173,7 @@ def grid_metrics(out_dir: str | Path, write: bool = True, level: float = 0.95) -
     points = [p for g in groups for p in g["calibration"]]
     result = {
         "grid_dir": str(out), "metric": metric, "threshold": threshold, "level": level,
-        "groups": groups,
+        "groups": groups, "decomposition_columns": columns,
         "calibration_summary": calibration_summary(points, threshold),
     }
     if write:
@@ -280,3 +289,87 @@ def _diagnostics(gc: list[dict]) -> list[dict]:
             "length_diff": m(dp, "length_diff"),
         })
     return rows
+
+
+# ---------------------------------------------------------------------- answers' decomposition
+EVAL_ANSWERS = "eval_answers.jsonl"
+
+
+def run_decomposer(run: RunDir, strict: bool = False):
+    """How the plugin providing a run decomposes a checkpoint's evaluation answers: ``(at,
+    columns)`` with ``at(k)`` the statistics of iteration k's eval_answers.jsonl (None when that
+    file is missing) and ``columns`` the plugin's compact ones; None when the run's config is
+    missing or no plugin decomposes its answers (a Hugging Face run). ``strict``: a missing or
+    unreadable config raises instead (`world show --checkpoint`); the grid skips such cells."""
+    from stagealign.config import load_config
+
+    if not run.config_path.is_file():
+        if strict:
+            raise ConfigError(f"{run.root}: not a run directory (no {run.config_path.name})")
+        return None
+    try:
+        cfg = load_config(run.config_path)
+    except ConfigError:
+        if strict:
+            raise
+        return None  # a config this version no longer reads: no decomposition, the rest of the metrics stand
+    plugin = plugins.of_run(cfg)
+    if plugin is None or plugin.decompose is None:
+        return None
+
+    def at(k: int) -> dict[str, Any] | None:
+        if not run.file(k, EVAL_ANSWERS).is_file():
+            return None
+        return plugin.decompose(cfg, [(r["prompt_id"], a) for r in run.read_rows(k, EVAL_ANSWERS)
+                                      for a in r["answers"]])
+
+    return at, list(plugin.decompose_columns)
+
+
+def checkpoint_decomposition(run_dir: str | Path, iteration: int | None = None) -> tuple[int, dict[str, Any]]:
+    """(iteration, statistics) of a run's checkpoint's evaluation answers, by its plugin
+    (`stagealign world show --checkpoint`); default: the last iteration whose evaluation finished.
+    Errors name the path."""
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise ConfigError(f"{run.root}: no such run directory")
+    found = run_decomposer(run, strict=True)
+    if found is None:
+        raise ConfigError(f"{run.root}: no installed plugin decomposes this run's answers "
+                          "(a Hugging Face run has no world to decompose them in)")
+    at, _ = found
+    if iteration is None:
+        done = [k for k in run.iterations() if run.has(k, "evaluate") and run.file(k, EVAL_ANSWERS).is_file()]
+        if not done:
+            raise ConfigError(f"{run.root}: no iteration has a finished evaluation yet "
+                              f"(no iter_<k>/{EVAL_ANSWERS} recorded)")
+        iteration = done[-1]
+    stats = at(iteration)
+    if stats is None:
+        raise ConfigError(f"{run.file(iteration, EVAL_ANSWERS)}: missing; iteration {iteration} of this run has "
+                          f"no evaluation answers (iterations present: {run.iterations() or 'none'})")
+    return iteration, stats
+
+
+def _decomposition_est(cs: dict[int, dict], k: int, level: float) -> tuple[list[dict | None] | None,
+                                                                          list[str] | None]:
+    """A cell's checkpoints 0..k: each statistic of its evaluation answers with mean and interval
+    over seeds (None at a checkpoint no seed has answers of), and the plugin's compact columns;
+    (None, None) when no seed's run has a decomposition (no plugin offers one: Hugging Face runs)."""
+    per_seed, columns = [], None
+    for _, c in sorted(cs.items()):
+        found = run_decomposer(c["run"])
+        if found is not None:
+            at, columns = found
+            per_seed.append([at(i) for i in range(len(c["summary"]["iterations"]) + 1)])
+    if not per_seed:
+        return None, None
+    out: list[dict | None] = []
+    for i in range(k + 1):
+        at_i = [d[i] for d in per_seed if i < len(d) and d[i] is not None]
+        if not at_i:
+            out.append(None)
+            continue
+        names = list(dict.fromkeys(key for d in at_i for key in d))
+        out.append({key: _est([d[key] for d in at_i if d.get(key) is not None], level) for key in names})
+    return out, columns

@@ -8,8 +8,12 @@ schedules are resolved the same way: the schedule's decision is predicted from t
 measurement with the pipeline's own rule (`schedule.next_choice`), and when it names a pure
 source whose continuation has already been trained, that continuation is adopted. The adopted
 `decide` stages are then recomputed by the run itself and checked against the prediction
-(`check_adopted`). With k=2, the four paths cost 6 training iterations, 3 boundary measurements
-and 7 evaluations per (policy, method, seed); `auto` usually costs nothing extra.
+(`check_adopted`); an auto cell follows its own rule (`schedule.rule`) there, so the probe-based
+rules (bs, bs-hard, bs-pool, coverage) adopt like auto. Cells whose next source is no pure one
+(blend, union, route) share only what comes before it, and a `race` cell adopts iteration 0 only:
+its decision comes from a race it runs itself, which no finished cell's measurement predicts.
+With k=2, the four paths cost 6 training iterations, 3 boundary measurements and 7 evaluations
+per (policy, method, seed); `auto` usually costs nothing extra.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stagealign.grid.spec import Cell, GridError
-from stagealign.schedule import PURE, Choice, next_choice
+from stagealign.schedule import MIXED, PURE, Choice, next_choice
 
 
 def realised(cell: Cell) -> list[tuple[str, str]]:
-    """(method, source) per finished iteration; stops at the first blend (not shareable)."""
+    """(method, source) per finished iteration; stops at the first source that is not pure (a blend,
+    union or route: not shareable)."""
     sig = []
     for k in range(1, cell.cfg.iterations + 1):
         path = cell.run.stage_path(k, "decide")
@@ -60,15 +65,20 @@ def plan_reuse(cell: Cell, finished: list[Cell]) -> Plan:
     sig: list[tuple[str, str]] = []
     previous: Choice | None = None
     s, threshold = cell.cfg.schedule, cell.cfg.boundary.threshold
+    if s.kind == "auto" and s.rule == "race":
+        return plan  # next_choice without the race's result would predict `first`, not the race's winner
     for k in range(1, cell.cfg.iterations + 1):
         cand = [f for f in peers if _common(f.sig, sig) >= k - 1]
         msrc = next((f for f in cand if f.run.has(k, "measure")), None)
-        if cell.kind == "path" or cell.kind in PURE:
+        if cell.kind in ("path", *PURE, *MIXED):  # decided without a measurement
             choice = next_choice(s, threshold, k, None, previous)
         elif msrc is None:
             break
         else:
-            choice = next_choice(s, threshold, k, msrc.run.read_stage(k, "measure"), previous)
+            try:
+                choice = next_choice(s, threshold, k, msrc.run.read_stage(k, "measure"), previous)
+            except ValueError:  # that measurement lacks what this cell's rule reads: the cell measures itself
+                break
         plan.measure_src = msrc
         if choice.source not in PURE:
             break

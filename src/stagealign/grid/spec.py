@@ -1,11 +1,13 @@
 """What a grid is: its `grid:` config section, and the cells it expands to.
 
 A *grid* crosses initial policies x training methods x seeds with data schedules: every
-explicit static/on-policy path of length k (``paths: all`` = all 2^k of them) plus adaptive or
-fixed schedules (``auto``, ``blend``, ``static``, ``onpolicy``). Every cell is an ordinary,
-resumable run directory
+explicit static/on-policy path of length k (``paths: all`` = all 2^k of them) plus the entries of
+``schedules`` (`SCHEDULES`): a schedule kind other than ``path`` (`schedule.KINDS`: ``auto`` with
+the config's rule, ``blend``, ``union``, ...) or one of auto's rules (`schedule.RULES`, e.g.
+``bs-hard``), a cell of kind ``auto`` following that rule and named after it. Every cell is an
+ordinary, resumable run directory
 
-    OUT/<policy>/<method>/seed<s>/<path-off-on | auto | blend | ...>
+    OUT/<policy>/<method>/seed<s>/<path-off-on | auto | blend | union | bs-hard | ...>
 
 so a grid can stop anywhere and continue, and any cell can be inspected with the run tools.
 """
@@ -17,18 +19,36 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from stagealign.config import (ConfigError, RunConfig, apply_overrides, format_validation_error, parse_override,
                                read_yaml_mapping)
 from stagealign.rundir import RunDir
-from stagealign.schedule import PURE, is_adaptive, parse_path, path_text
+from stagealign.schedule import KINDS, PURE, RULES, is_adaptive, parse_path, path_text
 
 MANIFEST = "grid-cells.json"
 METRICS = "grid.json"
 MAX_ALL_PATHS_ITERATIONS = 6
+#: what `grid.schedules` accepts: every schedule kind but `path` (paths are `grid.paths`), then
+#: auto's rules, each a cell of kind auto following that rule
+SCHEDULE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k != "path")
+SCHEDULES: tuple[str, ...] = SCHEDULE_KINDS + RULES
+if len(set(SCHEDULES)) != len(SCHEDULES):  # a rule named like a kind would make a cell ambiguous
+    raise RuntimeError(f"schedule kinds and rules share a name: {SCHEDULES}")
+
+
+def _schedule_name(v: str) -> str:
+    """A `grid.schedules` entry, checked; a typo names the closest valid name."""
+    if v in SCHEDULES:
+        return v
+    close = difflib.get_close_matches(str(v), SCHEDULES, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(SCHEDULES)}"
+    if v == "path":
+        hint = "explicit paths go in grid.paths, e.g. ['off,on']"
+    raise PydanticCustomError("grid_schedule", "unknown schedule '{name}'; {hint}", {"name": v, "hint": hint})
 
 
 class GridError(ConfigError):
@@ -58,8 +78,10 @@ class GridSpec(BaseModel):
     iterations: int | None = Field(None, ge=1, le=64, description="default: the config's iterations")
     paths: Literal["all", "none"] | list[str | list[str]] = Field(
         "all", description="'all' (every static/on-policy path), 'none', or a list such as ['off,on', 'on,on']")
-    schedules: list[Literal["auto", "blend", "static", "onpolicy"]] = Field(
-        default_factory=lambda: ["auto"], description="adaptive or fixed schedules run next to the paths")
+    schedules: list[Annotated[str, AfterValidator(_schedule_name)]] = Field(
+        default_factory=lambda: ["auto"],
+        description=f"schedules run next to the paths: a schedule kind ({', '.join(SCHEDULE_KINDS)}) "
+                    f"or a rule of auto ({', '.join(RULES)})")
     resources: CellResources = Field(default_factory=CellResources,
                                      description="per cell on a Ray cluster, e.g. {num_cpus: 1, num_gpus: 0}")
 
@@ -155,8 +177,8 @@ class Cell:
     policy: str  # label (testbed name or sanitised model name)
     method: str
     seed: int
-    name: str  # path-off-on | auto | blend | static | onpolicy
-    kind: str  # path | auto | blend | static | onpolicy
+    name: str  # path-off-on | a schedule kind (auto, blend, union, ...) | a rule of auto (bs-hard, ...)
+    kind: str  # path | auto | blend | static | onpolicy | union | route (a rule's cell is auto)
     path: list[str] | None
     cfg: RunConfig
     sig: list[tuple[str, str]] = field(default_factory=list)  # realised (method, source) per iteration
@@ -179,7 +201,12 @@ class Cell:
 
     def to_dict(self, out: Path) -> dict:
         return {"policy": self.policy, "method": self.method, "seed": self.seed, "name": self.name,
-                "kind": self.kind, "path": self.path, "dir": str(self.dir.relative_to(out))}
+                "kind": self.kind, "rule": self.rule, "path": self.path, "dir": str(self.dir.relative_to(out))}
+
+    @property
+    def rule(self) -> str | None:
+        """The rule an auto cell decides by (None for the other kinds)."""
+        return self.cfg.schedule.rule if self.kind == "auto" else None
 
 
 def _paths(spec: GridSpec, k: int) -> list[list[str]]:
@@ -237,11 +264,14 @@ def grid_cells(base: RunConfig, spec: GridSpec, out_dir: str | Path) -> list[Cel
                     d["training"]["method"] = method
                     d["seed"] = seed
                     d["iterations"] = k
+                    if kind in RULES:  # auto following this rule
+                        kind, d["schedule"]["rule"] = "auto", kind
                     d["schedule"]["kind"] = kind
                     d["schedule"]["path"] = path_text(p, sep=",") if p else None
                     d["run_dir"] = str(out / label / method / f"seed{seed}" / name)
-                    if is_adaptive(kind) and not d["boundary"]["enabled"]:
-                        raise GridError(f"grid: schedule '{kind}' needs boundary.enabled=true")
+                    probed = is_adaptive(kind) and not (kind == "auto" and d["schedule"]["rule"] == "race")
+                    if probed and not d["boundary"]["enabled"]:
+                        raise GridError(f"grid: schedule '{name}' needs boundary.enabled=true")
                     try:
                         cfg = RunConfig.model_validate(d)
                     except ValidationError as exc:

@@ -1,10 +1,69 @@
-"""`stagealign world show`: what a drawn world looks like, in numbers."""
+"""`stagealign world show`: what a drawn world looks like, in numbers; and what a checkpoint's
+answers look like in the world's terms (`answer_stats`, the testbed's `Plugin.decompose`)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 
 from stagealign.testbed.world import World, WorldConfig
+
+#: `answer_stats`' statistics of a set of answers, each a mean over the answers, in table order.
+#: The names live here only: the core shows whatever a plugin's decomposition holds.
+STATS = {
+    "knowledge_rate": "share of answers holding at least one right knowledge token (of the prompt's family)",
+    "wrong_knowledge_rate": "share of answers holding a knowledge token of another family",
+    "utility_per_word": "content utility (sum over distinct content words) per content-word token; mean over "
+                        "the answers that have a content word",
+    "length": "tokens per answer (all tokens, as r*'s length part counts them)",
+    "repeat_share": "share of answers repeating a word (content word or knowledge token)",
+}
+#: the mean of each part of `World.decompose`, named PART_PREFIX + part (they sum to `reward`)
+PART_PREFIX = "r_"
+#: the statistics a compact table (the grid report) shows, in order
+COLUMNS = ("knowledge_rate", "utility_per_word", "length", "repeat_share")
+
+
+def answer_stats(world: World, pairs: Iterable[tuple[str, str]]) -> dict[str, float | int | None]:
+    """Mean statistics of (prompt text, answer) pairs: `answers` (how many), the `STATS`, the mean
+    of each `World.decompose` part (`r_utility`, `r_phrase`, ...) and the mean `reward` (r*).
+    `utility_per_word` is None when no answer has a content word; every other value is 0 for no
+    answers."""
+    rows = []
+    for prompt, answer in pairs:
+        n = world.answer_counts(prompt, answer)
+        parts = world.decompose(prompt, answer)
+        content_u = parts["utility"] * world.cfg.target_len  # decompose divides it by target_len
+        rows.append(({"knowledge_rate": float(n["right_knowledge"] > 0),
+                      "wrong_knowledge_rate": float(n["wrong_knowledge"] > 0),
+                      "utility_per_word": content_u / n["content"] if n["content"] else None,
+                      "length": float(n["tokens"]), "repeat_share": float(n["repeats"] > 0)},
+                     parts, world.reward(prompt, answer)))
+    out: dict[str, float | int | None] = {"answers": len(rows)}
+    for key in STATS:
+        vals = [s[key] for s, _, _ in rows if s[key] is not None]
+        out[key] = float(np.mean(vals)) if vals else (None if key == "utility_per_word" else 0.0)
+    any_prompt = world.prompts("train")[0]
+    for name in (rows[0][1] if rows else world.decompose(any_prompt, "")):  # the parts, in decompose's order
+        out[PART_PREFIX + name] = float(np.mean([p[name] for _, p, _ in rows])) if rows else 0.0
+    out["reward"] = float(np.mean([r for _, _, r in rows])) if rows else 0.0
+    return out
+
+
+def answer_stats_by_id(world: World, pairs: Iterable[tuple[str, str]]) -> dict[str, float | int | None]:
+    """`answer_stats` of (prompt id, answer) pairs, as a run's artifacts hold them (eval_answers.jsonl):
+    the ids are those of the world's prompts (`data.schema.prompt_id` of their text), any split."""
+    from stagealign.data.schema import prompt_id
+
+    text = {prompt_id(p): p for split in ("train", "probe", "eval") for p in world.prompts(split)}
+    resolved = []
+    for pid, answer in pairs:
+        if pid not in text:
+            raise ValueError(f"prompt id {pid!r} is not a prompt of this world (seed {world.cfg.seed}, "
+                             f"scale {world.cfg.scale}); were the answers made with another world config?")
+        resolved.append((text[pid], answer))
+    return answer_stats(world, resolved)
 
 
 def describe(cfg: WorldConfig, n_prompts: int = 200) -> str:

@@ -316,27 +316,21 @@ class World:
         knowledge tokens), knowledge (kappa per distinct right knowledge token) and wrong_knowledge
         (penalty per knowledge token of another family)."""
         c = self.cfg
-        u = self.utilities(prompt)
         toks = answer.split()
-        idx = [self._word_index[t] for t in toks if t in self._word_index]
-        know = [t for t in toks if t in self._knowledge_family]
-        invalid = len(toks) - len(idx) - len(know)
-        distinct = set(idx)
-        repeats = len(idx) - len(distinct) + len(know) - len(set(know))
-        fam = self.parse_prompt(prompt)[0]
-        right = {t for t in know if self._knowledge_family[t] == fam}
-        wrong = sum(self._knowledge_family[t] != fam for t in know)
+        n = self.answer_counts(prompt, answer)
+        distinct = {self._word_index[t] for t in toks if t in self._word_index}
+        u = self.utilities(prompt)
         parts = {"utility": float(u[list(distinct)].sum()) / c.target_len if distinct else 0.0}
         if c.n_phrases:
             bigrams = set(zip(toks, toks[1:]))
             parts["phrase"] = c.phrase_bonus * sum((a, b) in bigrams for a, b in self.phrases(prompt))
         else:
             parts["phrase"] = 0.0
-        parts["repetition"] = -(c.repeat_penalty * repeats)
-        parts["length"] = -(c.length_penalty * abs(len(toks) - c.target_len))
-        parts["invalid"] = -(c.invalid_penalty * invalid)
-        parts["knowledge"] = c.kappa * len(right)
-        parts["wrong_knowledge"] = -(c.wrong_knowledge_penalty * wrong)
+        parts["repetition"] = -(c.repeat_penalty * n["repeats"])
+        parts["length"] = -(c.length_penalty * abs(n["tokens"] - c.target_len))
+        parts["invalid"] = -(c.invalid_penalty * n["invalid"])
+        parts["knowledge"] = c.kappa * n["right_knowledge"]
+        parts["wrong_knowledge"] = -(c.wrong_knowledge_penalty * n["wrong_knowledge"])
         return parts
 
     def answer_counts(self, prompt: str, answer: str) -> dict[str, int]:
