@@ -170,10 +170,11 @@ def plot_phase(rows: list[dict], path: Path) -> Path | None:
                                    for y, r in zip(ys, rs)]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=pol)
         ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(KAPPAS)
         ax.set_title(f"{method}, {pool} pool")
         ax.set_xlabel("kappa (reward per right knowledge token)")
     axes[0][0].set_ylabel("static gain - on-policy gain\n(one iteration, 95% CI over seeds)")
-    axes[0][-1].legend(title="initial policy", fontsize=8)
+    axes[0][0].legend(title="initial policy", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -151,7 +151,7 @@ def test_a_preferred_static_answer_the_policy_cannot_write_makes_the_prompt_unco
     cfg = boundary.model_copy(update={"coverage_eps": eps})
     res = measure(policy, probe, pool, _prefers(lambda x: x == odd), cfg, gen, seed=0)
     assert res.uncovered == 1.0 and res.top_share == 0.0 and res.coverage_eps == eps
-    assert res.coverage_share == boundary.coverage_share and res.coverage_seconds > 0
+    assert res.coverage_share == boundary.coverage_share
     # the same answers, but the policy can write every token of them: covered
     low = boundary.model_copy(update={"coverage_eps": eps / 100})
     assert measure(policy, probe, pool, _prefers(lambda x: x == odd), low, gen, seed=0).uncovered == 0.0

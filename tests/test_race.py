@@ -67,4 +67,4 @@ def test_a_run_with_rule_race_records_the_race_and_follows_its_winner(tmp_path):
     raced = dec["race"]
     assert raced["pairs"]["static"] > 0 and raced["pairs"]["onpolicy"] > 0
     assert dec["source"] == raced["winner"] and dec["reason"].startswith("auto (race)")
-    assert summary["rule"] == "race" and summary["iterations"][0]["race_seconds"] == raced["seconds"] > 0
+    assert summary["rule"] == "race" and raced["seconds"] > 0

@@ -83,3 +83,21 @@ def test_multi_seed_report_has_intervals(tmp_path):
     assert "| weak | dpo | 3 | 0.610 [0.585, 0.635] | 0.100 [0.050, 0.150] |" in text
     for f in FIGURES:
         _valid_png(out / f)
+
+
+def test_demo_says_which_regime_its_world_is_in_and_why_auto_chose(tmp_path_factory):
+    from stagealign.grid.demo import regime
+    from stagealign.grid.spec import grid_cells
+
+    out, base, spec, metrics, _ = shared_grid(tmp_path_factory)
+    autos = [c for c in grid_cells(base, spec, out) if c.name == "auto"]
+    text = regime(base, metrics, autos)
+    assert "no coverage gap" in text  # the tiny world has no knowledge tokens
+    eff = metrics["groups"][0]["effectiveness"]
+    assert f"static {eff['static_gain']['mean']:+.3f}, on-policy {eff['onpolicy_gain']['mean']:+.3f}" in text
+    for k in (1, 2):  # auto's recorded reason for each iteration, as the run wrote it
+        dec = autos[0].run.read_stage(k, "decide")
+        assert f"auto, iteration {k}: {dec['source']}: {dec['reason']}" in text
+    covered = regime(base.model_copy(update={"world": base.world.model_copy(update={"knowledge_tokens": 2,
+                                                                                    "kappa": 1.0})}), metrics, [])
+    assert "a coverage gap" in covered and "auto, iteration" not in covered

@@ -27,7 +27,8 @@ of them without sampling again. All come from the same samples and judge probabi
   extra judge comparisons: every ordered pair, since a pairwise judge need not be symmetric.
 * `uncovered*`, `top_share`: whether the pool holds preferred answers the policy cannot sample
   (rule ``coverage``): one teacher-forced pass over the static answer that beats the policy's
-  samples most, only on prompts where it does beat them; `coverage_seconds` of it.
+  samples most, only on prompts where it does beat them (its time is in `seconds` with the rest;
+  a stage's timings stay out of the numbers a resumed run must reproduce).
 """
 
 from __future__ import annotations
@@ -93,7 +94,6 @@ class BoundaryResult:
     coverage_share: float | None = None  # boundary.coverage_share, so the coverage rule re-applies from disk
     coverage_eps: float | None = None
     top_share: float | None = None  # share of samples that beat every static answer of their prompt
-    coverage_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -230,7 +230,6 @@ class Coverage:
     share: Estimate  # of probed prompts that are uncovered (0/1 per prompt)
     top_share: float  # of samples that beat every static answer of their prompt
     tokens: int  # token positions of the teacher-forced pass
-    seconds: float
 
 
 def coverage(policy: Policy, prompts: list[Prompt], statics: list[list[str]], probs: list[np.ndarray],
@@ -243,7 +242,6 @@ def coverage(policy: Policy, prompts: list[Prompt], statics: list[list[str]], pr
     probability < `cfg.coverage_eps` at its position: DPO on the policy's own samples can never
     reach that answer, static pairs can. Only those prompts need the policy's forward pass.
     """
-    t0 = time.perf_counter()
     losing = []  # (prompt index, the static answer that beats the samples most)
     for i, (c, p) in enumerate(zip(statics, probs)):
         if not c:
@@ -261,7 +259,7 @@ def coverage(policy: Policy, prompts: list[Prompt], statics: list[list[str]], pr
         n_tokens = sum(len(prompt_ids(policy, prompts[i])) for i, _ in losing) + sum(
             len(policy.tokenizer(a, add_special_tokens=False)["input_ids"]) for _, a in losing)
     top = sum(int((p > 0.5).all(axis=1).sum()) for p in probs) / max(sum(p.shape[0] for p in probs), 1)
-    return Coverage(cluster_mean(uncovered, level=cfg.level), top, n_tokens, time.perf_counter() - t0)
+    return Coverage(cluster_mean(uncovered, level=cfg.level), top, n_tokens)
 
 
 def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], judge: Judge,
@@ -333,5 +331,4 @@ def measure(policy: Policy, probe: list[Prompt], pool: dict[str, CandidateSet], 
         pool_threshold=pool_t, pool_comparisons=pool_comparisons,
         uncovered=cover.share.mean, uncovered_lo=cover.share.lo, uncovered_hi=cover.share.hi,
         coverage_share=cfg.coverage_share, coverage_eps=cfg.coverage_eps, top_share=cover.top_share,
-        coverage_seconds=cover.seconds,
     )

@@ -120,7 +120,8 @@ _HELP_GRID = _para("""Run (or resume) a path grid: initial policies x methods x 
 
     The `grid:` section takes policies: [weak, boundary, strong] (testbed) or models: [...] (HF),
     methods: [dpo, slic-hf], seeds: [0, 1, 2], iterations: 2, paths: all (every static/on-policy
-    path; or a list like ['off,on', 'on,on'], or none) and schedules: [auto, blend]. Everything
+    path; or a list like ['off,on', 'on,on'], or none) and schedules: [auto, blend] (also static,
+    onpolicy, union, route, or a rule name: bs, bs-hard, bs-pool, coverage, race). Everything
     else in CONFIG is the base run config shared by all cells; overrides `grid.KEY=VALUE` change
     the grid, all others the base config.
 

@@ -404,8 +404,7 @@ class Run:
                 "bs": bs.get("bs"), "bs_lo": bs.get("lo"), "bs_hi": bs.get("hi"), "decision": bs.get("decision"),
                 "bs_seconds": bs.get("seconds"), "bs_cost_vs_epoch": (bs.get("seconds", 0.0) / (
                     train["seconds"] / train["epochs"])) if bs.get("measured") else None,
-                "pairs": build["pairs"], "metric": key, "train_seconds": train["seconds"],
-                "race_seconds": dec["race"]["seconds"] if dec.get("race") else None,
+                "pairs": build["pairs"], "metric": key,
                 "before": before[key]["mean"], "after": after[key]["mean"],
                 "after_lo": after[key]["lo"], "after_hi": after[key]["hi"],
                 "win_rate_truth": after.get("win_rate_truth", {}).get("mean"),
