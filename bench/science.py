@@ -328,6 +328,7 @@ def plot_rules(rows: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     kappas = sorted({r["kappa"] for r in rows})
+    TOP = 2.0  # noqa: N806  (the y axis' top: regret twice the best path's gain)
     fig, axes = plt.subplots(1, len(POLICIES), figsize=(4.6 * len(POLICIES), 3.8), squeeze=False, sharey=True)
     width = 0.8 / len(RULE_SCHEDULES)
     for ax, pol in zip(axes[0], POLICIES):
@@ -337,8 +338,12 @@ def plot_rules(rows: list[dict], path: Path) -> Path | None:
                 v = [r["regret_share"] for r in rows if (r["policy"], r["rule"], r["kappa"]) == (pol, rule, k)
                      and r["regret_share"] is not None]
                 ys.append(sum(v) / len(v) if v else float("nan"))
-            ax.bar([j + (i - len(RULE_SCHEDULES) / 2 + 0.5) * width for j in range(len(kappas))], ys, width,
-                   label=rule)
+            xs = [j + (i - len(RULE_SCHEDULES) / 2 + 0.5) * width for j in range(len(kappas))]
+            ax.bar(xs, [min(y, TOP) for y in ys], width, label=rule)
+            for x, y in zip(xs, ys):
+                if y > TOP:  # a collapse would flatten every other bar: clip it and print its value
+                    ax.annotate(f"{y:.1f}", (x, TOP), ha="center", va="bottom", fontsize=6, rotation=90)
+        ax.set_ylim(min(-0.2, ax.get_ylim()[0]), TOP * 1.15)
         ax.axhline(0.15, color="grey", lw=0.8, ls="--")
         ax.set_xticks(range(len(kappas)), [f"kappa {k:g}" for k in kappas])
         ax.set_title(pol)

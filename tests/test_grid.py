@@ -22,7 +22,8 @@ def shared_grid(tmp_path_factory):
     import stagealign.pipeline as pl
 
     out = tmp_path_factory.getbasetemp() / "shared-grid"
-    base = tiny_config(out, "policy.testbed=weak")
+    # auto with a probe rule: its choice is predicted from the paths' measurements and adopted
+    base = tiny_config(out, "policy.testbed=weak", "schedule.rule=bs")
     spec = parse_grid({"iterations": 2, "paths": "all", "schedules": ["auto"], "seeds": [0]})
     counts = out / "calls.json"
     if counts.is_file():

@@ -2,7 +2,7 @@
 retried, a bad cell failing alone, the task graph, the shared-storage check, Ray optional.
 
 One local Ray instance (2 CPUs, loopback only) serves the whole module; the grid is the tiny
-world's weak policy x DPO x seed 0, one iteration, paths off and on plus auto.
+world's weak policy x DPO x seed 0, one iteration, paths off and on plus auto under the bs rule (cell `bs`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from stagealign.grid.ray_cluster import check_grid_dir, import_ray, mark_grid_di
 from stagealign.grid.ray_executor import dependencies
 from stagealign.ui import CELL_STATES, NullUI
 
-SPEC = {"iterations": 1, "paths": "all", "schedules": ["auto"], "seeds": [0]}
-CELLS = ["weak/dpo/seed0/path-off", "weak/dpo/seed0/path-on", "weak/dpo/seed0/auto"]
+SPEC = {"iterations": 1, "paths": "all", "schedules": ["bs"], "seeds": [0]}  # a probe rule: predicted, adopted
+CELLS = ["weak/dpo/seed0/path-off", "weak/dpo/seed0/path-on", "weak/dpo/seed0/bs"]
 
 
 class LogUI(NullUI):

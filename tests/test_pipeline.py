@@ -25,7 +25,7 @@ def _numbers(run_dir):
 @pytest.fixture(scope="module")
 def auto_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("runs") / "auto"
-    cfg = tiny_config(d, "policy.testbed=weak", "iterations=2")
+    cfg = tiny_config(d, "policy.testbed=weak", "iterations=2", "schedule.rule=bs")  # auto on the probe's decision
     summary = Run(cfg).execute()
     return d, cfg, summary
 

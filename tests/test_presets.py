@@ -175,4 +175,5 @@ def test_dry_run_flag_of_the_cli_validates_a_preset_without_training(tmp_path):
             cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 0, r.stderr
     assert "config: valid" in r.stdout and "cost:" in r.stdout and "memory:   training ~" in r.stdout
+    assert "cost: race (auto's rule), per iteration: 2 copies x" in r.stdout  # auto's default rule is priced
     assert not (tmp_path / "r").exists()

@@ -104,8 +104,10 @@ def test_preset_runs_two_iterations_on_its_tiny_family(name, tiny, finished):
         assert (row["after"], row["after_lo"], row["after_hi"]) == (win["mean"], win["lo"], win["hi"])
         assert _within(win["lo"], win["mean"], win["hi"]) and win["lo"] < win["hi"], win
         assert _within(row["bs_lo"], row["bs"], row["bs_hi"]), row
-        # auto follows the measured stage
-        assert row["source"] == {"injection": "static", "fine-tuning": "onpolicy"}.get(row["decision"], row["source"])
+        # auto follows its rule's decision (the race's when the rule is race, else the probe's)
+        dec = d.read_stage(k, "decide")
+        decision = dec["race"]["decision"] if cfg.schedule.rule == "race" else row["decision"]
+        assert row["source"] == {"injection": "static", "fine-tuning": "onpolicy"}.get(decision, row["source"])
         pairs = list(d.read_rows(k, "pairs.jsonl"))
         assert len(pairs) == row["pairs"] > 0
         assert {p["origin"] for p in pairs} == {row["source"]}
@@ -161,7 +163,9 @@ def test_killed_mid_training_then_resumed_matches_the_uninterrupted_run(name, ti
     monkeypatch.delenv(artifacts.FAULT_ENV)
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
     done = RunDir(run).done()
-    assert done[-1] == stage_key(1, "build"), done  # killed inside iteration 1's training, nothing after it
+    # killed inside iteration 1's first training, nothing after it: under rule race that is the
+    # race's first copy (in the decide stage), so the resumed run races again from scratch
+    assert done[-1] == stage_key(1, "measure" if cfg.schedule.rule == "race" else "build"), done
     assert not RunDir(run).model(1).exists()
 
     resumed = load_config(PRESETS_DIR / f"{name}.yaml", args)

@@ -51,10 +51,11 @@ def test_copies_trained_alike_tie_exactly_and_run_to_the_cap(setup, tmp_path):
     assert res.lo == pytest.approx(0.5) and res.hi == pytest.approx(0.5)  # no vote differs from 1/2
 
 
-def test_race_without_pairs_for_a_source_says_what_to_change(setup, tmp_path):
+def test_race_without_pairs_for_a_source_is_uncertain_and_says_what_to_change(setup, tmp_path):
     cfg, prov, good, _ = setup
-    with pytest.raises(ValueError, match="race_share"):
-        _race(cfg, prov, {"onpolicy": good, "static": []}, tmp_path)
+    res = _race(cfg, prov, {"onpolicy": good, "static": []}, tmp_path)
+    assert res.decision == "uncertain" and res.winner is None and "race_share" in res.evidence
+    assert res.pairs == {"static": 0, "onpolicy": len(good)} and not list(tmp_path.iterdir())  # nothing trained
 
 
 def test_a_run_with_rule_race_records_the_race_and_follows_its_winner(tmp_path):

@@ -194,7 +194,7 @@ def _finish(cell, source: str, measure: dict) -> None:
 ])
 def test_what_rule_union_and_route_cells_adopt(tmp_path, measure, hard_src, coverage_src):
     base = load_config(None, [])
-    spec = parse_grid({"iterations": 1, "paths": "all", "schedules": ["auto", "bs-hard", "coverage", "race", "union",
+    spec = parse_grid({"iterations": 1, "paths": "all", "schedules": ["bs", "bs-hard", "coverage", "race", "union",
                                                                       "route"]})
     cells = {c.name: c for c in grid_cells(base, spec, tmp_path)}
     full = {"measured": True, "bs": 0.7, "lo": 0.6, "hi": 0.8, "decision": "fine-tuning", **measure}
@@ -202,8 +202,8 @@ def test_what_rule_union_and_route_cells_adopt(tmp_path, measure, hard_src, cove
         _finish(cells[name], src, full)
     finished = [cells["path-off"], cells["path-on"]]
 
-    auto = plan_reuse(cells["auto"], finished)
-    assert (auto.upto, auto.src.name) == (1, "path-on")  # the paper's rule: BS 0.7 -> on-policy
+    bs = plan_reuse(cells["bs"], finished)
+    assert (bs.upto, bs.src.name) == (1, "path-on")  # the paper's rule: BS 0.7 -> on-policy
     for name, want in (("bs-hard", hard_src), ("coverage", coverage_src)):
         plan = plan_reuse(cells[name], finished)
         if want is None:

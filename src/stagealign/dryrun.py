@@ -440,9 +440,19 @@ def _cost(cfg: RunConfig, c: _Checks, pool_rows: int | None, answers: int | None
     c.line(f"cost: training, per iteration: {approx}{_fmt(steps)} optimizer steps "
            f"({_fmt(n_train)} pairs at most x {t.epochs:g} epoch(s) / "
            f"{t.batch_size} x {t.gradient_accumulation_steps})")
-    total = iters * probe_gen + on_steps * on_gen + (iters + 1) * n_eval * cfg.eval.samples
+    race_gen = 0
+    if cfg.schedule.kind == "auto" and cfg.schedule.rule == "race":
+        from stagealign.race import race_prompts
+
+        n_race = race_prompts(n_train, cfg.schedule.race_share)
+        race_gen = n_race * g.n + 2 * probe_gen
+        c.line(f"cost: race (auto's rule), per iteration: 2 copies x {_fmt(math.ceil(n_race * t.epochs / (t.batch_size * t.gradient_accumulation_steps)))} "
+               f"optimizer steps ({approx}{_fmt(n_race)} prompts each), up to {_fmt(race_gen)} generations "
+               f"({_fmt(n_race)} x {g.n} candidates + 2 copies x {_fmt(probe_gen)} head to head)")
+    total = iters * (probe_gen + race_gen) + on_steps * on_gen + (iters + 1) * n_eval * cfg.eval.samples
     c.line(f"cost: whole run, at most {approx}{_fmt(total)} policy generations ({iters} x {_fmt(probe_gen)} probe "
-           f"+ {on_steps} on-policy iteration(s) x {_fmt(on_gen)} + {iters + 1} x {_fmt(n_eval * cfg.eval.samples)} "
+           + (f"+ {iters} x {_fmt(race_gen)} race " if race_gen else "")
+           + f"+ {on_steps} on-policy iteration(s) x {_fmt(on_gen)} + {iters + 1} x {_fmt(n_eval * cfg.eval.samples)} "
            f"eval), each up to {g.max_new_tokens} new tokens")
 
 

@@ -47,7 +47,7 @@ from stagealign.judges.llm_api import endpoint_stats
 from stagealign.judges.store import JudgmentStore, StoredJudge
 from stagealign.policy import Policy, load_configured_policy
 from stagealign.providers import Provider, build_provider
-from stagealign.race import race
+from stagealign.race import race, race_prompts
 from stagealign.rundir import RunDir, stage_key
 from stagealign.schedule import Choice, next_choice
 from stagealign.seeds import stage_seed
@@ -194,7 +194,7 @@ class Run:
         seed = stage_seed(cfg.seed, k, "race")
         rng = np.random.default_rng(seed)
         prompts = [q for q in p.train_prompts(k, cfg.iterations, cfg.data.iteration_prompts) if q.id in p.pool]
-        n = max(1, round(cfg.schedule.race_share * len(prompts)))
+        n = race_prompts(len(prompts), cfg.schedule.race_share)
         chosen = [prompts[i] for i in sorted(rng.permutation(len(prompts))[:n])]
         policy = self.policy(k - 1)
         with self.ui.task(f"iter {k}: race sampling", total=len(chosen)) as adv:

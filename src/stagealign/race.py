@@ -12,6 +12,8 @@ The iteration then trains on the winner's source from policy_{k-1} (the copies a
 so the race's whole training is its cost, recorded next to the decision: wall seconds and policy
 token passes). The decision is the point-estimate winner even when the interval still holds 1/2
 (race-and-keep must continue with one of them); the evidence says whether it was significant.
+When a source yields no pairs at all (every candidate tied) there is nothing to race: the decision
+is "uncertain" and `auto` keeps its previous source.
 """
 
 from __future__ import annotations
@@ -35,16 +37,24 @@ from stagealign.stats import SequentialProbe, cluster_mean
 from stagealign.training.preference import train_preference
 
 SOURCES = ("static", "onpolicy")
+#: the fewest prompts a race trains its copies on (all of them when there are fewer)
+RACE_MIN_PROMPTS = 16
+
+
+def race_prompts(n: int, share: float) -> int:
+    """How many of an iteration's `n` prompts the race uses: `share` of them, at least
+    RACE_MIN_PROMPTS (a small dataset's 5% would give the copies no pairs to learn from)."""
+    return min(n, max(RACE_MIN_PROMPTS, round(share * n)))
 
 
 @dataclass
 class RaceResult:
-    decision: str  # injection (static won) | fine-tuning (on-policy won)
+    decision: str  # injection (static won) | fine-tuning (on-policy won) | uncertain (nothing to race)
     evidence: str
-    winner: str  # static | onpolicy
-    win_rate: float  # P(on-policy copy beats static copy), pooled over the probe's votes
-    lo: float
-    hi: float
+    winner: str | None  # static | onpolicy (None: nothing to race)
+    win_rate: float | None  # P(on-policy copy beats static copy), pooled over the probe's votes
+    lo: float | None
+    hi: float | None
     significant: bool  # the interval excludes 1/2
     prompts: int
     comparisons: int
@@ -111,8 +121,12 @@ def race(load: Callable[[], Policy], rows: dict[str, list[dict]], probe: list[Pr
     """
     t0 = time.perf_counter()
     missing = [s for s in SOURCES if not rows.get(s)]
-    if missing:
-        raise ValueError(f"race: no {' or '.join(missing)} pairs to train a copy on; raise schedule.race_share")
+    if missing:  # (every candidate tied, or empty): nothing to race; auto keeps the previous source
+        return RaceResult(decision="uncertain", winner=None, win_rate=None, lo=None, hi=None, significant=False,
+                          prompts=0, comparisons=0, looks=0, pairs={s: len(rows.get(s) or []) for s in SOURCES},
+                          evidence=f"race: no {' or '.join(missing)} pairs to train a copy on (raise "
+                                   "schedule.race_share), nothing raced", seconds=time.perf_counter() - t0 + build_seconds,
+                          gen_token_passes=build_gen_passes)
     copies: dict[str, Policy] = {}
     secs: dict[str, float] = {}
     train_passes = 0
