@@ -319,6 +319,23 @@ def rules_table(summary: list[dict]) -> str:
                                       "(worst cell)", "cells <= 15%", "extra wall time", "extra token passes"], body))
 
 
+def rules_cell_table(rows: list[dict]) -> str:
+    """Per world x kappa x policy: the best fixed path, BS before and after a static iteration, and
+    each rule's regret as a share of the best path's gain (with the paths it took over the seeds)."""
+    from stagealign.report import markdown_table
+
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        c = cells.setdefault((r["world"], r["kappa"], r["policy"]), {"best": r["best_path"], "bs0": r["bs0"],
+                                                                       "bs1": r["bs_after_static"]})
+        share = "-" if r["regret_share"] is None else f"{r['regret_share']:.0%}"
+        c[r["rule"]] = f"{share} ({', '.join(sorted(set(r['realised'])))})"
+    body = [[w, f"{k:g}", pol, c["best"].replace("path-", ""),
+             f"{c['bs0']['mean']:.2f} -> " + ("-" if c["bs1"] is None else f"{c['bs1']['mean']:.2f}"),
+             *(c.get(rule, "-") for rule in RULE_SCHEDULES)] for (w, k, pol), c in sorted(cells.items())]
+    return "\n".join(markdown_table(["world", "kappa", "policy", "best path", "BS, after off", *RULE_SCHEDULES], body))
+
+
 def plot_rules(rows: list[dict], path: Path) -> Path | None:
     if not rows:
         return None
@@ -385,7 +402,7 @@ def main() -> None:
         write_result("science-coverage", payload)
         print(sweep_table(rows))
         if rsum:
-            print("\n" + rules_table(rsum))
+            print("\n" + rules_cell_table(rrows) + "\n\n" + rules_table(rsum))
         print(f"\nrule kappas: {payload['rule_kappas']}; plots: {plot}, {rplot}; written: {out}")
 
 

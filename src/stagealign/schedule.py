@@ -251,10 +251,12 @@ def choose(
         ev = evidence or bs_txt
         if decision is None:
             return _pure(first_src, f"auto ({rule}): nothing measured, using first={first_src}")
+        # a race measures which source helps, not the stage it implies: say what it saw
         if decision == "injection":
-            return _pure("static", f"auto ({rule}): injection stage ({ev})")
+            return _pure("static", f"auto ({rule}): {'static won' if rule == 'race' else 'injection stage'} ({ev})")
         if decision == "fine-tuning":
-            return _pure("onpolicy", f"auto ({rule}): fine-tuning stage ({ev})")
+            return _pure("onpolicy", f"auto ({rule}): {'on-policy won' if rule == 'race' else 'fine-tuning stage'} "
+                                     f"({ev})")
         if previous is None:
             return _pure(first_src, f"auto ({rule}): uncertain ({ev}), nothing to keep -> {first_src}")
         return Choice(
