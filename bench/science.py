@@ -147,6 +147,24 @@ def sweep_table(rows: list[dict]) -> str:
                                      "static - on", "better (95%)"], body))
 
 
+def phase_table(rows: list[dict]) -> str:
+    """The phase diagram as numbers: static minus on-policy gain [95% CI] per kappa, one row per
+    method x pool x policy, and the initial policy's BS at each kappa."""
+    from stagealign.report import markdown_table
+
+    body = []
+    for method in METHODS:
+        for pool in POOLS:
+            for pol in POLICIES:
+                rs = {r["kappa"]: r for r in rows if (r["method"], r["pool"], r["policy"]) == (method, pool, pol)}
+                if rs:
+                    body.append([method, pool, pol, *(_fmt(rs[k]["static_minus_on"]) if k in rs else "-"
+                                                      for k in KAPPAS),
+                                 " / ".join(f"{rs[k]['bs0']['mean']:.2f}" if k in rs else "-" for k in KAPPAS)])
+    return "\n".join(markdown_table(["method", "pool", "policy", *(f"kappa {k:g}" for k in KAPPAS),
+                                      "BS at each kappa"], body))
+
+
 def plot_phase(rows: list[dict], path: Path) -> Path | None:
     if not rows:
         return None
@@ -400,7 +418,7 @@ def main() -> None:
                    "sweep": {"rows": rows}, "rules": {"rows": rrows, "summary": rsum}}
         payload["rule_kappas"] = rule_kappas(payload["sweep"])
         write_result("science-coverage", payload)
-        print(sweep_table(rows))
+        print(sweep_table(rows) + "\n\n" + phase_table(rows))
         if rsum:
             print("\n" + rules_cell_table(rrows) + "\n\n" + rules_table(rsum))
         print(f"\nrule kappas: {payload['rule_kappas']}; plots: {plot}, {rplot}; written: {out}")
