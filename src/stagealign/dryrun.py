@@ -18,6 +18,7 @@ from pathlib import Path
 from stagealign import plugins
 from stagealign.config import ConfigError, RunConfig
 from stagealign.hub import HUB_NAME, LEGACY_NAME, looks_local
+from stagealign.schedule import races
 
 HALF = ("bfloat16", "float16")
 
@@ -441,7 +442,7 @@ def _cost(cfg: RunConfig, c: _Checks, pool_rows: int | None, answers: int | None
            f"({_fmt(n_train)} pairs at most x {t.epochs:g} epoch(s) / "
            f"{t.batch_size} x {t.gradient_accumulation_steps})")
     race_gen = 0
-    if cfg.schedule.kind == "auto" and cfg.schedule.rule == "race":
+    if races(cfg.schedule.kind, cfg.schedule.rule):
         from stagealign.race import race_prompts
 
         n_race = race_prompts(n_train, cfg.schedule.race_share)

@@ -49,7 +49,7 @@ from stagealign.policy import Policy, load_configured_policy
 from stagealign.providers import Provider, build_provider
 from stagealign.race import race, race_prompts
 from stagealign.rundir import RunDir, stage_key
-from stagealign.schedule import Choice, next_choice
+from stagealign.schedule import Choice, next_choice, races
 from stagealign.seeds import stage_seed
 from stagealign.tracking import Tracker
 from stagealign.training.preference import train_preference
@@ -179,7 +179,7 @@ class Run:
 
     def _decide(self, k: int, bs: dict, previous: Choice | None) -> dict:
         sched = self.cfg.schedule
-        raced = self._race(k) if sched.kind == "auto" and sched.rule == "race" else None
+        raced = self._race(k) if races(sched.kind, sched.rule) else None
         choice = next_choice(sched, self.cfg.boundary.threshold, k, bs, previous, race=raced)
         self.ui.log(f"[{stage_key(k, 'decide')}] {choice.source} (on-policy share {choice.onpolicy_share:.2f}): "
                     f"{choice.reason}")
@@ -204,8 +204,7 @@ class Run:
         gen_passes = sum(len(x) for per in got.token_ids for x in per) + g.n * sum(
             len(policy.tokenizer(policy.format(q))["input_ids"]) for q in chosen)
         sets = {"static": [self._static_set(q) for q in chosen],
-                "onpolicy": [CandidateSet(prompt_id=q.id, prompt=q.text, candidates=a, sources=[f"policy@{k - 1}"] * len(a),
-                                          origin="onpolicy", iteration=k) for q, a in zip(chosen, got.texts)]}
+                "onpolicy": [_sampled_set(k, q, a) for q, a in zip(chosen, got.texts)]}
         rows = {}
         for src, ss in sets.items():
             _drop_empty(ss)
@@ -282,9 +281,7 @@ class Run:
         rest = [q for q in prompts if q.id not in sets]
         if rest:
             answers = self._sample_candidates(k, rest)
-            sets.update({q.id: CandidateSet(prompt_id=q.id, prompt=q.text, candidates=a,
-                                            sources=[f"policy@{k - 1}"] * len(a), origin="onpolicy", iteration=k)
-                         for q, a in zip(rest, answers)})
+            sets.update({q.id: _sampled_set(k, q, a) for q, a in zip(rest, answers)})
         return sets
 
     def _union_sets(self, k: int, prompts: list[Prompt]) -> list[CandidateSet]:
@@ -423,6 +420,12 @@ class Run:
         """An endpoint judge's request counts, unparseable replies included (never silent ties)."""
         stats = endpoint_stats(self._provider.judge) if self._provider is not None else None
         return {"judge_endpoint": stats} if stats else {}
+
+
+def _sampled_set(k: int, q: Prompt, answers: list[str]) -> CandidateSet:
+    """Iteration k's candidates for prompt q sampled from policy k-1."""
+    return CandidateSet(prompt_id=q.id, prompt=q.text, candidates=answers, sources=[f"policy@{k - 1}"] * len(answers),
+                        origin="onpolicy", iteration=k)
 
 
 def _drop_empty(sets: list[CandidateSet]) -> Counter:

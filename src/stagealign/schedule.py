@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = ["Choice", "Source", "KINDS", "ADAPTIVE", "PURE", "SHORT", "MIXED", "RULES", "DEFAULT_RULE",
-           "is_adaptive", "parse_path", "short", "path_text", "blend_share", "rule_decision", "choose",
+           "is_adaptive", "races", "parse_path", "short", "path_text", "blend_share", "rule_decision", "choose",
            "next_choice"]
 
 Source = Literal["static", "onpolicy", "blend", "union", "route"]
@@ -108,6 +108,12 @@ PURE: tuple[str, ...] = tuple(SHORT)
 
 def is_adaptive(kind: str) -> bool:
     return kind in ADAPTIVE
+
+
+def races(kind: str, rule: str) -> bool:
+    """Whether a schedule decides by racing (auto with rule race): it trains before it decides,
+    reads no probe, and no finished cell's measurement predicts it."""
+    return kind == "auto" and rule == "race"
 
 
 def rule_decision(rule: str, measure: dict, threshold: float) -> tuple[str, str]:
@@ -291,7 +297,7 @@ def next_choice(schedule, threshold: float, iteration: int, measure: dict | None
     """
     measured = bool(measure and measure.get("measured"))
     decision, evidence = (measure.get("decision") if measured else None), None
-    if schedule.kind == "auto" and schedule.rule == "race":
+    if races(schedule.kind, schedule.rule):
         decision = race["decision"] if race else None
         evidence = race["evidence"] if race else None
     elif schedule.kind == "auto" and measured:

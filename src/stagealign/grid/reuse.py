@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stagealign.grid.spec import Cell, GridError
-from stagealign.schedule import MIXED, PURE, Choice, next_choice
+from stagealign.schedule import MIXED, PURE, Choice, next_choice, races
 
 
 def realised(cell: Cell) -> list[tuple[str, str]]:
@@ -65,7 +65,7 @@ def plan_reuse(cell: Cell, finished: list[Cell]) -> Plan:
     sig: list[tuple[str, str]] = []
     previous: Choice | None = None
     s, threshold = cell.cfg.schedule, cell.cfg.boundary.threshold
-    if s.kind == "auto" and s.rule == "race":
+    if races(s.kind, s.rule):
         return plan  # next_choice without the race's result would predict `first`, not the race's winner
     for k in range(1, cell.cfg.iterations + 1):
         cand = [f for f in peers if _common(f.sig, sig) >= k - 1]

@@ -27,7 +27,7 @@ from pydantic_core import PydanticCustomError
 from stagealign.config import (ConfigError, RunConfig, apply_overrides, format_validation_error, parse_override,
                                read_yaml_mapping)
 from stagealign.rundir import RunDir
-from stagealign.schedule import KINDS, PURE, RULES, is_adaptive, parse_path, path_text
+from stagealign.schedule import KINDS, PURE, RULES, is_adaptive, parse_path, path_text, races
 
 MANIFEST = "grid-cells.json"
 METRICS = "grid.json"
@@ -269,7 +269,7 @@ def grid_cells(base: RunConfig, spec: GridSpec, out_dir: str | Path) -> list[Cel
                     d["schedule"]["kind"] = kind
                     d["schedule"]["path"] = path_text(p, sep=",") if p else None
                     d["run_dir"] = str(out / label / method / f"seed{seed}" / name)
-                    probed = is_adaptive(kind) and not (kind == "auto" and d["schedule"]["rule"] == "race")
+                    probed = is_adaptive(kind) and not races(kind, d["schedule"]["rule"])
                     if probed and not d["boundary"]["enabled"]:
                         raise GridError(f"grid: schedule '{name}' needs boundary.enabled=true")
                     try:
