@@ -231,8 +231,10 @@ def rule_choice(grid: Path, policy: str, method: str, seed: int, checkpoint: str
 
 
 def race_cost(grid: Path, policy: str, method: str, seed: int) -> list[dict]:
-    """Per iteration of a race cell: the race's wall seconds and token passes over the iteration's
-    training (the trained pairs counted with the same convention, `race.token_passes`)."""
+    """Per iteration of a race cell: the race's extra cost (what it spent that the iteration does
+    not keep: the loser's training, the head to head, the race's samples when static won) over the
+    iteration's training (the kept copy's plus the continuation's; pairs counted with one
+    convention, `race.token_passes`), in wall seconds and in policy token passes."""
     from transformers import AutoTokenizer
 
     from stagealign.race import token_passes
@@ -244,15 +246,17 @@ def race_cost(grid: Path, policy: str, method: str, seed: int) -> list[dict]:
     for r in run.read_summary()["iterations"]:
         k = r["iteration"]
         raced = run.read_stage(k, "decide").get("race")
-        if not raced:
+        if not raced or not raced.get("winner"):
             continue
         tok = AutoTokenizer.from_pretrained(run.model(k))
         train = run.read_stage(k, "train")
-        passes = token_passes(tok, list(run.read_rows(k, "pairs.jsonl")), train["epochs"])
-        out.append({"iteration": k, "seconds_share": raced["seconds"] / train["seconds"],
-                    "passes_share": (raced["train_token_passes"] + raced["gen_token_passes"]) / passes,
-                    "race_seconds": raced["seconds"], "train_seconds": train["seconds"],
-                    "significant": raced["significant"], "winner": raced["winner"]})
+        kept_train = raced["train_token_passes"][raced["winner"]] if raced["kept"] else 0
+        passes = token_passes(tok, list(run.read_rows(k, "pairs.jsonl")), train["epochs"]) + kept_train
+        seconds = train["seconds"] + (raced["train_seconds"][raced["winner"]] if raced["kept"] else 0.0)
+        out.append({"iteration": k, "seconds_share": raced["extra_seconds"] / seconds,
+                    "passes_share": raced["extra_token_passes"] / passes,
+                    "race_seconds": raced["seconds"], "extra_seconds": raced["extra_seconds"], "train_seconds": seconds,
+                    "stopped": raced["stopped"], "significant": raced["significant"], "winner": raced["winner"]})
     return out
 
 

@@ -128,6 +128,24 @@ def test_hf_run_onpolicy_path_with_chat_template_and_lora_resumes(tmp_path):
     assert again["iterations"] == summary["iterations"]
 
 
+def test_hf_run_with_lora_races_and_continues_the_winner_copy_as_lora(tmp_path):
+    # auto's default rule on a real-model config: the race's copies and the continuation are all
+    # LoRA, merged; the continuation gets policy 0 as its explicit reference (the copy has moved)
+    model = tiny_hf.save_policy_dir(tmp_path / "sft")
+    pool = tiny_hf.write_generic_pool(tmp_path / "pool.jsonl", prompts=48)
+    cfg = _config(tmp_path, "race", model, pool, "schedule.kind=auto", "schedule.rule=race", "policy.lora.r=4",
+                  "policy.lora.alpha=8", "policy.lora.target_modules=[q_proj,v_proj]")
+    summary = Run(cfg).execute()
+    d = RunDir(cfg.run_dir)
+    raced, train = d.read_stage(1, "decide")["race"], d.read_stage(1, "train")
+    assert raced["kept"] and train["continued_race_copy"] == raced["winner"] == summary["iterations"][0]["source"]
+    assert train["steps"] > 0 and not d.race_copy(1).exists()
+    start = load_policy(model).model.state_dict()
+    trained = load_policy(d.model(1)).model.state_dict()
+    changed = {k for k, v in trained.items() if not torch.equal(v, start[k])}
+    assert changed == {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight"}
+
+
 def test_hf_run_too_small_pool_is_a_clear_error(tmp_path):
     model = tiny_hf.save_policy_dir(tmp_path / "sft")
     pool = tiny_hf.write_generic_pool(tmp_path / "pool.jsonl", prompts=2)

@@ -109,6 +109,8 @@ def test_preset_runs_two_iterations_on_its_tiny_family(name, tiny, finished):
         decision = dec["race"]["decision"] if cfg.schedule.rule == "race" else row["decision"]
         assert row["source"] == {"injection": "static", "fine-tuning": "onpolicy"}.get(decision, row["source"])
         pairs = list(d.read_rows(k, "pairs.jsonl"))
+        if d.file(k, "race_pairs.jsonl").is_file():  # the race's winner copy trained on these, and was kept
+            pairs += list(d.read_rows(k, "race_pairs.jsonl"))
         assert len(pairs) == row["pairs"] > 0
         assert {p["origin"] for p in pairs} == {row["source"]}
         assert all(p["chosen"] != p["rejected"] and p["chosen"].strip() and p["rejected"].strip() for p in pairs)

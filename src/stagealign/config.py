@@ -216,6 +216,10 @@ class ScheduleConfig(_Section):
     blend_width: float = Field(0.2, gt=0, description="BS distance over which blend ramps from 0 to 1 on-policy")
     race_share: float = Field(0.05, gt=0, le=0.5, description="rule race: share of the iteration's training "
                               "prompts each of the two short copies trains on")
+    race_budget: float = Field(0.15, gt=0, description="rule race: the most the race may spend beyond what the "
+                               "iteration keeps (the loser's training, the head-to-head answers), as a share of "
+                               "the iteration's training in policy token passes; the head to head stops before "
+                               "a look that would overspend it (after one look at least)")
 
     @model_validator(mode="after")
     def _path(self) -> "ScheduleConfig":

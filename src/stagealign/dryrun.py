@@ -449,7 +449,9 @@ def _cost(cfg: RunConfig, c: _Checks, pool_rows: int | None, answers: int | None
         race_gen = n_race * g.n + 2 * probe_gen
         c.line(f"cost: race (auto's rule), per iteration: 2 copies x {_fmt(math.ceil(n_race * t.epochs / (t.batch_size * t.gradient_accumulation_steps)))} "
                f"optimizer steps ({approx}{_fmt(n_race)} prompts each), up to {_fmt(race_gen)} generations "
-               f"({_fmt(n_race)} x {g.n} candidates + 2 copies x {_fmt(probe_gen)} head to head)")
+               f"({_fmt(n_race)} x {g.n} candidates + 2 copies x {_fmt(probe_gen)} head to head; the head to head "
+               f"stops at significance or when the race's extra cost reaches schedule.race_budget = "
+               f"{cfg.schedule.race_budget:.0%} of the iteration's training); the winner copy's training is kept")
     total = iters * (probe_gen + race_gen) + on_steps * on_gen + (iters + 1) * n_eval * cfg.eval.samples
     c.line(f"cost: whole run, at most {approx}{_fmt(total)} policy generations ({iters} x {_fmt(probe_gen)} probe "
            + (f"+ {iters} x {_fmt(race_gen)} race " if race_gen else "")

@@ -139,8 +139,12 @@ class Run:
             bs = self._stage(k, "measure", self._measure)
             dec = self._stage(k, "decide", lambda k: self._decide(k, bs, previous))
             choice = Choice(dec["source"], dec["onpolicy_share"], dec["reason"])
-            self._stage(k, "build", lambda k: self._build(k, choice))
-            self._stage(k, "train", self._train)
+            kept = _kept_race(dec)
+            skip = set(kept["prompt_ids"]) if kept else set()
+            self._stage(k, "build", lambda k: self._build(k, choice, skip))
+            self._stage(k, "train", lambda k: self._train(k, kept))
+            if kept:
+                self.dir.drop_race_copy(k)
             self._stage(k, "evaluate", self._evaluate)
             previous = choice
         summary = self.summary()
@@ -188,12 +192,14 @@ class Run:
     def _race(self, k: int) -> dict:
         """Rule race (`stagealign.race`): static and on-policy pairs for the same `schedule.race_share`
         of the iteration's prompts (the pool's, so both sources exist for each), a short copy of
-        policy k-1 trained on each, the copies compared head to head. Recorded in the decide stage."""
+        policy k-1 trained on each, the copies compared head to head, the winner kept
+        (`RunDir.race_copy`, its pairs in race_pairs.jsonl). Recorded in the decide stage."""
         p, cfg, g = self.provider, self.cfg, self.cfg.generation
         t0 = time.perf_counter()
         seed = stage_seed(cfg.seed, k, "race")
         rng = np.random.default_rng(seed)
-        prompts = [q for q in p.train_prompts(k, cfg.iterations, cfg.data.iteration_prompts) if q.id in p.pool]
+        iteration = p.train_prompts(k, cfg.iterations, cfg.data.iteration_prompts)
+        prompts = [q for q in iteration if q.id in p.pool]
         n = race_prompts(len(prompts), cfg.schedule.race_share)
         chosen = [prompts[i] for i in sorted(rng.permutation(len(prompts))[:n])]
         policy = self.policy(k - 1)
@@ -215,9 +221,13 @@ class Run:
         self._release(keep=ref)
         load = lambda: load_configured_policy(cfg.policy, self.policy_path(k - 1), initial=k == 1)  # noqa: E731
         res = race(load, rows, p.probe, p.judge, self._training_config(policy), cfg.boundary, g, seed=seed,
-                   work_dir=self.dir.work(k) / "race", ref_policy=ref, lora=cfg.policy.lora,
-                   build_seconds=time.perf_counter() - t0, build_gen_passes=gen_passes)
+                   work_dir=self.dir.work(k) / "race", keep=lambda copy: self.dir.save_race_copy(k, copy, distributed.full_state_dict(copy.model)),
+                   scale=len(iteration) / max(n, 1), budget=cfg.schedule.race_budget, ref_policy=ref,
+                   lora=cfg.policy.lora, prompt_ids=[q.id for q in chosen], sample_seconds=time.perf_counter() - t0,
+                   sample_passes=gen_passes)
         self._release()
+        if res.winner:
+            self.dir.write_rows(k, "race_pairs.jsonl", rows[res.winner])
         self.ui.log(f"[{stage_key(k, 'decide')}] {res.evidence}; {sum(res.pairs.values())} race pairs, "
                     f"{res.seconds:.1f}s")
         return res.to_dict()
@@ -230,11 +240,12 @@ class Run:
             tcfg = tcfg.model_copy(update={"max_length": ctx})
         return tcfg
 
-    def _build(self, k: int, choice: Choice) -> dict:
-        """Iteration k's candidate sets for the chosen source, judged, then paired (`make_pairs`)."""
+    def _build(self, k: int, choice: Choice, skip: set[str]) -> dict:
+        """Iteration k's candidate sets for the chosen source, judged, then paired (`make_pairs`);
+        prompts in `skip` (the kept race copy trained on them already) are left out."""
         p, cfg = self.provider, self.cfg
         rng = np.random.default_rng(stage_seed(cfg.seed, k, "build"))
-        prompts = p.train_prompts(k, cfg.iterations, cfg.data.iteration_prompts)
+        prompts = [q for q in p.train_prompts(k, cfg.iterations, cfg.data.iteration_prompts) if q.id not in skip]
         extra: dict[str, Any] = {}
         if choice.source == "union":
             sets = self._union_sets(k, prompts)
@@ -345,12 +356,28 @@ class Run:
                             seed=stage_seed(self.cfg.seed, k, "build"), progress=adv, backend=g.backend,
                             done=done, on_batch=save).texts
 
-    def _train(self, k: int) -> dict:
+    def _train(self, k: int, kept: dict | None) -> dict:
+        """Train policy k-1 on the iteration's pairs; or, when a race kept its winner copy (`kept`,
+        the race's record), continue that copy, anchored at policy k-1 all the same."""
         cfg = self.cfg
         rows = list(self.dir.read_rows(k, "pairs.jsonl"))
+        start = self.policy_path(k - 1)
+        if kept:
+            start = str(self.dir.race_copy(k))
+            if not self.dir.race_copy(k).is_dir():
+                raise FileNotFoundError(f"iteration {k}: the race's winner copy {start} is missing; to race again, "
+                                        f"delete {self.dir.stage_path(k, 'decide')} and resume")
         ref = self.policy(0) if cfg.training.reference == "initial" and k > 1 else None
+        if kept and ref is None:
+            ref = self.policy(k - 1)  # the copy has moved: TRL's "reference = the model it starts from" no longer holds
         self._release(keep=ref)  # while training: the trained copy, and TRL's reference at most
-        policy = load_configured_policy(cfg.policy, self.policy_path(k - 1), initial=k == 1)
+        policy = load_configured_policy(cfg.policy, start, initial=k == 1 and not kept)
+        if kept and not rows:  # the race used every prompt (a dataset under RACE_MIN_PROMPTS): its copy is the iteration
+            self.dir.save_model(k, policy, state_dict=distributed.full_state_dict(policy.model))
+            self.ui.log(f"[{stage_key(k, 'train')}] the race's {kept['winner']} copy trained on every prompt: kept as is")
+            return {"steps": 0, "pairs": 0, "seconds": 0.0, "final_loss": None, "resumed_from_step": None,
+                    "dropped_prompt_too_long": 0, "pairs_per_second": None, "epochs": cfg.training.epochs,
+                    "log_history": [], "continued_race_copy": kept["winner"]}
         tcfg = self._training_config(policy)
         conversations = {q.id: q.messages for q in self.provider.train if q.messages}
         pairs = [{**PreferencePair.from_row(r).to_row(), **({"messages": conversations[r["prompt_id"]]}
@@ -369,7 +396,8 @@ class Run:
                 "resumed_from_step": res.metrics["resumed_from_step"],
                 "dropped_prompt_too_long": res.metrics["dropped_prompt_too_long"],
                 "pairs_per_second": res.pairs * cfg.training.epochs / max(res.seconds, 1e-9),
-                "epochs": cfg.training.epochs, "log_history": res.metrics["log_history"]}
+                "epochs": cfg.training.epochs, "log_history": res.metrics["log_history"],
+                "continued_race_copy": kept["winner"] if kept else None}
 
     def _evaluate(self, k: int) -> dict:
         p = self.provider
@@ -400,8 +428,9 @@ class Run:
                 "iteration": k, "source": dec["source"], "onpolicy_share": dec["onpolicy_share"],
                 "bs": bs.get("bs"), "bs_lo": bs.get("lo"), "bs_hi": bs.get("hi"), "decision": bs.get("decision"),
                 "bs_seconds": bs.get("seconds"), "bs_cost_vs_epoch": (bs.get("seconds", 0.0) / (
-                    train["seconds"] / train["epochs"])) if bs.get("measured") else None,
-                "pairs": build["pairs"], "metric": key,
+                    train["seconds"] / train["epochs"])) if bs.get("measured") and train["seconds"] else None,
+                "pairs": build["pairs"] + (kept["pairs"][kept["winner"]] if (kept := _kept_race(dec)) else 0),
+                "metric": key,
                 "before": before[key]["mean"], "after": after[key]["mean"],
                 "after_lo": after[key]["lo"], "after_hi": after[key]["hi"],
                 "win_rate_truth": after.get("win_rate_truth", {}).get("mean"),
@@ -420,6 +449,13 @@ class Run:
         """An endpoint judge's request counts, unparseable replies included (never silent ties)."""
         stats = endpoint_stats(self._provider.judge) if self._provider is not None else None
         return {"judge_endpoint": stats} if stats else {}
+
+
+def _kept_race(decide: dict) -> dict | None:
+    """The decide stage's race record when the iteration continues from the race's winner copy
+    (the chosen source is the winner's), else None."""
+    raced = decide.get("race")
+    return raced if raced and raced.get("kept") and raced.get("winner") == decide["source"] else None
 
 
 def _sampled_set(k: int, q: Prompt, answers: list[str]) -> CandidateSet:

@@ -10,11 +10,15 @@
       iter_<k>/           k = 0: the initial policy's evaluation; k >= 1: one iteration
         <stage>.json      each stage's result (measure, decide, build, train, evaluate)
         candidates.jsonl  pairs.jsonl  eval_answers.jsonl  annotations.json
+        race_pairs.jsonl  the pairs the race's winner copy trained on (rule race; `pairs.jsonl` holds
+                          the rest of the iteration's)
         samples.partial.jsonl  sampling batches of an unfinished build stage (append-only)
         model_outputs.json  arena_hard_answers.jsonl  the evaluation's answers for AlpacaEval /
                           Arena-Hard-Auto (`exports`)
         model/            the policy after iteration k (safetensors)
         work/             TRL's output directory (logs); never copied into another run
+        work/race/kept/   the race's winner copy (rule race): training continues from it; removed
+                          once the iteration's training is recorded
 
 Who writes: the pipeline, one stage at a time (the stage's artifacts, then its JSON, then its
 key in state.json: a stage is done only when it is recorded, so a killed run redoes at most one
@@ -110,6 +114,20 @@ class RunDir:
 
     def work(self, k: int) -> Path:
         return self.file(k, "work")
+
+    def race_copy(self, k: int) -> Path:
+        """Where iteration k's race keeps its winner copy until the iteration's training is done."""
+        return self.work(k) / "race" / "kept"
+
+    def save_race_copy(self, k: int, policy, state_dict: dict | None = None) -> None:
+        if self._writes():
+            policy.save(self.race_copy(k), state_dict=state_dict)
+
+    def drop_race_copy(self, k: int) -> None:
+        """The iteration's model now holds the winner copy's training: the copy goes (a 7B copy is
+        gigabytes on disk)."""
+        if self._writes():
+            shutil.rmtree(self.race_copy(k), ignore_errors=True)
 
     def iterations(self) -> list[int]:
         """The iteration folders present, in numeric order (iter_10 after iter_9)."""
