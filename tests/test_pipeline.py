@@ -76,6 +76,29 @@ def test_different_config_in_same_dir_is_refused(auto_run):
         Run(other).execute()
 
 
+def test_a_moved_run_resumes_and_only_settings_its_schedule_reads_count(auto_run, tmp_path, monkeypatch):
+    import shutil
+
+    import stagealign.pipeline as pl
+
+    d, cfg, summary = auto_run
+    moved = tmp_path / "moved"
+    shutil.copytree(d, moved, ignore=shutil.ignore_patterns("*.lock", "lock"))
+
+    def boom(*a, **k):
+        raise AssertionError("a finished stage was redone")
+
+    for name in ("train_preference", "measure", "generate"):
+        monkeypatch.setattr(pl, name, boom)
+    # moved, and a race setting changed that an auto-by-bs run never reads: still the same run
+    same = cfg.model_copy(update={"run_dir": moved, "schedule": cfg.schedule.model_copy(update={"race_budget": 0.5})})
+    assert Run(same).execute()["iterations"] == summary["iterations"]
+    # the rule it decides by is read: changing it is refused
+    other = cfg.model_copy(update={"run_dir": moved, "schedule": cfg.schedule.model_copy(update={"rule": "coverage"})})
+    with pytest.raises(ConfigError, match="different config"):
+        Run(other).execute()
+
+
 def test_onpolicy_path_builds_onpolicy_pairs_and_slic_runs(tmp_path):
     d = tmp_path / "on"
     cfg = tiny_config(d, "policy.testbed=strong", "iterations=1", "schedule.kind=path", "schedule.path=on",

@@ -447,7 +447,8 @@ def _cost(cfg: RunConfig, c: _Checks, pool_rows: int | None, answers: int | None
 
         n_race = race_prompts(n_train, cfg.schedule.race_share)
         race_gen = n_race * g.n + 2 * probe_gen
-        c.line(f"cost: race (auto's rule), per iteration: 2 copies x {_fmt(math.ceil(n_race * t.epochs / (t.batch_size * t.gradient_accumulation_steps)))} "
+        race_steps = math.ceil(n_race * t.epochs / (t.batch_size * t.gradient_accumulation_steps))
+        c.line(f"cost: race (auto's rule), per iteration: 2 copies x {_fmt(race_steps)} "
                f"optimizer steps ({approx}{_fmt(n_race)} prompts each), up to {_fmt(race_gen)} generations "
                f"({_fmt(n_race)} x {g.n} candidates + 2 copies x {_fmt(probe_gen)} head to head; the head to head "
                f"stops at significance or when the race's extra cost reaches schedule.race_budget = "

@@ -49,7 +49,7 @@ from stagealign.policy import Policy, load_configured_policy
 from stagealign.providers import Provider, build_provider
 from stagealign.race import race, race_prompts
 from stagealign.rundir import RunDir, stage_key
-from stagealign.schedule import Choice, next_choice, races
+from stagealign.schedule import Choice, next_choice, races, settings_read
 from stagealign.seeds import stage_seed
 from stagealign.tracking import Tracker
 from stagealign.training.preference import train_preference
@@ -220,11 +220,11 @@ class Run:
         ref = self.policy(0) if cfg.training.reference == "initial" and k > 1 else None
         self._release(keep=ref)
         load = lambda: load_configured_policy(cfg.policy, self.policy_path(k - 1), initial=k == 1)  # noqa: E731
+        keep = lambda copy: self.dir.save_race_copy(k, copy, distributed.full_state_dict(copy.model))  # noqa: E731
         res = race(load, rows, p.probe, p.judge, self._training_config(policy), cfg.boundary, g, seed=seed,
-                   work_dir=self.dir.work(k) / "race", keep=lambda copy: self.dir.save_race_copy(k, copy, distributed.full_state_dict(copy.model)),
-                   scale=len(iteration) / max(n, 1), budget=cfg.schedule.race_budget, ref_policy=ref,
-                   lora=cfg.policy.lora, prompt_ids=[q.id for q in chosen], sample_seconds=time.perf_counter() - t0,
-                   sample_passes=gen_passes)
+                   work_dir=self.dir.work(k) / "race", keep=keep, scale=len(iteration) / max(n, 1),
+                   budget=cfg.schedule.race_budget, ref_policy=ref, lora=cfg.policy.lora,
+                   prompt_ids=[q.id for q in chosen], sample_seconds=time.perf_counter() - t0, sample_passes=gen_passes)
         self._release()
         if res.winner:
             self.dir.write_rows(k, "race_pairs.jsonl", rows[res.winner])
@@ -372,9 +372,10 @@ class Run:
             ref = self.policy(k - 1)  # the copy has moved: TRL's "reference = the model it starts from" no longer holds
         self._release(keep=ref)  # while training: the trained copy, and TRL's reference at most
         policy = load_configured_policy(cfg.policy, start, initial=k == 1 and not kept)
-        if kept and not rows:  # the race used every prompt (a dataset under RACE_MIN_PROMPTS): its copy is the iteration
+        if kept and not rows:  # the race took every prompt (fewer than RACE_MIN_PROMPTS): its copy is the iteration
             self.dir.save_model(k, policy, state_dict=distributed.full_state_dict(policy.model))
-            self.ui.log(f"[{stage_key(k, 'train')}] the race's {kept['winner']} copy trained on every prompt: kept as is")
+            self.ui.log(f"[{stage_key(k, 'train')}] the race's {kept['winner']} copy trained on every prompt: "
+                        "kept as is")
             return {"steps": 0, "pairs": 0, "seconds": 0.0, "final_loss": None, "resumed_from_step": None,
                     "dropped_prompt_too_long": 0, "pairs_per_second": None, "epochs": cfg.training.epochs,
                     "log_history": [], "continued_race_copy": kept["winner"]}
@@ -488,5 +489,11 @@ def measure_checkpoint(cfg: RunConfig, checkpoint: str | None = None, log=print)
 
 
 def _config_data(text: str) -> dict:
-    """A recorded config as data with today's defaults filled in (fields added since are no change)."""
-    return RunConfig.model_validate(yaml.safe_load(text)).model_dump(mode="json")
+    """A recorded config as data, as a resumed run compares it: today's defaults filled in (fields
+    added since are no change), without `run_dir` (a moved run directory resumes) and without the
+    schedule fields its kind does not read (`schedule.settings_read`)."""
+    d = RunConfig.model_validate(yaml.safe_load(text)).model_dump(mode="json")
+    del d["run_dir"]
+    sched = d["schedule"]
+    d["schedule"] = {f: sched[f] for f in ("kind", *settings_read(sched["kind"], sched["rule"]))}
+    return d

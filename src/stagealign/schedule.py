@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = ["Choice", "Source", "KINDS", "ADAPTIVE", "PURE", "SHORT", "MIXED", "RULES", "DEFAULT_RULE",
-           "is_adaptive", "races", "parse_path", "short", "path_text", "blend_share", "rule_decision", "choose",
+           "is_adaptive", "races", "settings_read", "parse_path", "short", "path_text", "blend_share", "rule_decision", "choose",
            "next_choice"]
 
 Source = Literal["static", "onpolicy", "blend", "union", "route"]
@@ -114,6 +114,19 @@ def races(kind: str, rule: str) -> bool:
     """Whether a schedule decides by racing (auto with rule race): it trains before it decides,
     reads no probe, and no finished cell's measurement predicts it."""
     return kind == "auto" and rule == "race"
+
+
+def settings_read(kind: str, rule: str) -> tuple[str, ...]:
+    """The `schedule:` fields besides `kind` that a run of `kind` (and `rule`) reads. A resumed run
+    compares only these (`pipeline._config_data`), so a fixed path resumes after auto's default
+    rule or the race's budget changed; keep this in step with `next_choice` and the pipeline."""
+    if kind == "path":
+        return ("path",)
+    if kind == "auto":
+        return ("rule", "first") + (("race_share", "race_budget") if races(kind, rule) else ())
+    if kind == "blend":
+        return ("first", "blend_width")
+    return ()
 
 
 def rule_decision(rule: str, measure: dict, threshold: float) -> tuple[str, str]:
