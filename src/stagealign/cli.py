@@ -35,16 +35,16 @@ def _para(text: str) -> str:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user caused, shown in one line (evaluated only once one was raised)."""
     from stagealign.artifacts import ArtifactError
-    from stagealign.judges.base import JudgeError
-    from stagealign.policy import PolicyError
-    from stagealign.training.common import NumericsError
-
-    errors: list[type[BaseException]] = [ConfigError, ArtifactError, JudgeError, PolicyError, NumericsError,
-                                         OSError, ValueError]
     from stagealign.data.sources import LoaderError
+    from stagealign.judges.base import JudgeError
 
-    errors.append(LoaderError)
+    errors: list[type[BaseException]] = [ConfigError, ArtifactError, JudgeError, LoaderError, OSError, ValueError]
+    # PolicyError is a ValueError. NumericsError can only come from a module already loaded, and
+    # importing it (torch, transformers) would make every config typo wait 8 s for its message.
+    if (training := sys.modules.get("stagealign.training.common")) is not None:
+        errors.append(training.NumericsError)
     return tuple(errors)
 
 
@@ -67,8 +67,8 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks f
 
 
 def _quiet() -> None:
-    """Silence library chatter; imported lazily so `--help` stays fast (no torch import)."""
-    from stagealign.training.common import quiet_libraries
+    """Silence library chatter without importing the libraries (`stagealign.quiet`)."""
+    from stagealign.quiet import quiet_libraries
 
     quiet_libraries()
 

@@ -93,7 +93,7 @@ def _worker(env: dict[str, str], fault: str | None, threads: int) -> Iterator[No
     resources allow, and the test fault of this attempt (never a leftover one)."""
     import torch
 
-    from stagealign.training.common import quiet_libraries
+    from stagealign.quiet import quiet_libraries
 
     keys = [*env, artifacts.FAULT_ENV, "OMP_NUM_THREADS"]
     saved = {k: os.environ.get(k) for k in keys}

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import warnings
 from typing import Any
 
 import torch
@@ -119,19 +116,3 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.advance(1, state.max_steps)
-
-
-def quiet_libraries() -> None:
-    """Library chatter (per-step dicts, weight-loading bars, deprecation notices) drowns the
-    pipeline's own progress; keep errors, drop the rest."""
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|accelerate)")
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|trl|accelerate|torch)")
-    for name in ("transformers", "trl", "datasets", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()

@@ -35,8 +35,8 @@ from trl.data_utils import common_prefix_length
 from stagealign.config import LoraSettings, TrainingConfig
 from stagealign.distributed import refuse_lora_under_zero3, shared_dataset
 from stagealign.policy import Policy, merge_adapter
-from stagealign.training.common import (FiniteLossCallback, ProgressCallback, quiet_libraries, trainer_kwargs,
-                                        warmup_arg)
+from stagealign.quiet import quiet_libraries
+from stagealign.training.common import FiniteLossCallback, ProgressCallback, trainer_kwargs, warmup_arg
 
 METHOD_LOSS = {"dpo": "sigmoid", "slic-hf": "hinge", "ipo": "ipo"}
 

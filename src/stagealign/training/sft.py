@@ -18,13 +18,8 @@ from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from stagealign.policy import Policy, merge_adapter
-from stagealign.training.common import (
-    FiniteLossCallback,
-    ProgressCallback,
-    quiet_libraries,
-    trainer_kwargs,
-    warmup_arg,
-)
+from stagealign.quiet import quiet_libraries
+from stagealign.training.common import FiniteLossCallback, ProgressCallback, trainer_kwargs, warmup_arg
 
 
 #: `config.SFTTrainingConfig` key -> the `SFTConfig` argument it sets (warmup and activation
