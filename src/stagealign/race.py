@@ -87,13 +87,13 @@ class RaceResult:
     def kept_seconds(self) -> float:
         """Work the iteration would have done anyway: the winner's training, and its sampling when
         on-policy won (the build does not sample the race prompts again)."""
-        if self.winner is None:
+        if self.winner is None or not self.kept:
             return 0.0
         return self.train_seconds[self.winner] + (self.sample_seconds if self.winner == "onpolicy" else 0.0)
 
     @property
     def kept_token_passes(self) -> int:
-        if self.winner is None:
+        if self.winner is None or not self.kept:
             return 0
         return self.train_token_passes[self.winner] + (self.sample_token_passes if self.winner == "onpolicy" else 0)
 
