@@ -47,7 +47,7 @@ from stagealign.judges.llm_api import endpoint_stats
 from stagealign.judges.store import JudgmentStore, StoredJudge
 from stagealign.policy import Policy, load_configured_policy
 from stagealign.providers import Provider, build_provider
-from stagealign.race import race, race_prompts
+from stagealign.race import race, race_prompts, sampling_passes
 from stagealign.rundir import RunDir, stage_key
 from stagealign.schedule import Choice, next_choice, races, settings_read
 from stagealign.seeds import stage_seed
@@ -207,8 +207,7 @@ class Run:
             got = generate(policy, chosen, n=g.n, temperature=g.temperature, top_p=g.top_p,
                            max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, seed=seed, progress=adv,
                            backend=g.backend)
-        gen_passes = sum(len(x) for per in got.token_ids for x in per) + g.n * sum(
-            len(policy.tokenizer(policy.format(q))["input_ids"]) for q in chosen)
+        gen_passes = sampling_passes(policy, chosen, got)
         sets = {"static": [self._static_set(q) for q in chosen],
                 "onpolicy": [_sampled_set(k, q, a) for q, a in zip(chosen, got.texts)]}
         rows = {}
@@ -363,8 +362,8 @@ class Run:
         rows = list(self.dir.read_rows(k, "pairs.jsonl"))
         start = self.policy_path(k - 1)
         if kept:
-            start = str(self.dir.race_copy(k))
-            if not self.dir.race_copy(k).is_dir():
+            start = str(copy := self.dir.race_copy(k))
+            if not copy.is_dir():
                 raise FileNotFoundError(f"iteration {k}: the race's winner copy {start} is missing; to race again, "
                                         f"delete {self.dir.stage_path(k, 'decide')} and resume")
         ref = self.policy(0) if cfg.training.reference == "initial" and k > 1 else None

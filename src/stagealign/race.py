@@ -120,6 +120,13 @@ def token_passes(tok, rows: list[dict], epochs: float) -> int:
     return int(round(4 * epochs * n))
 
 
+def sampling_passes(policy: Policy, prompts: list[Prompt], sampled) -> int:
+    """Policy token passes of `sampled` (a `generate` result for `prompts`): each prompt's tokens
+    once per answer, and each generated token once."""
+    return sum(len(x) for per in sampled.token_ids for x in per) + sum(
+        len(policy.tokenizer(policy.format(q))["input_ids"]) * len(per) for q, per in zip(prompts, sampled.token_ids))
+
+
 def head_to_head(on: Policy, off: Policy, probe: list[Prompt], judge: Judge, cfg: BoundaryConfig,
                  gen: GenerationConfig, *, seed: int, max_passes: float = math.inf) -> tuple[dict, int]:
     """P(on's answer beats off's) over probe prompts with sequential stopping at 1/2, and before a
@@ -142,8 +149,7 @@ def head_to_head(on: Policy, off: Policy, probe: list[Prompt], judge: Judge, cfg
                          max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=look_seed(seed, look),
                          backend=gen.backend)
             answers.append(s.texts)
-            passes += sum(len(x) for per in s.token_ids for x in per)
-            passes += sum(len(policy.tokenizer(policy.format(p))["input_ids"]) * cfg.samples for p in chunk)
+            passes += sampling_passes(policy, chunk, s)
         look_passes = passes - before
         votes = votes_for_many(judge, [p.text for p in chunk], answers[0], answers[1], cfg.votes == "hard")
         clusters.extend(votes)
